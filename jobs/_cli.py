@@ -253,6 +253,18 @@ def configure_logging() -> None:
                             datefmt="%H:%M:%S", stream=sys.stderr)
 
 
+def execute(stage: str, cfg: C, run: Callable[[C], dict[str, Any]]) -> dict[str, Any]:
+    """Run one stage on a resolved config, writing its config and summary under <out>/reports."""
+    reports = Path(getattr(cfg, "out", ".")) / "reports"
+    write_json(reports / f"{stage}.config.json", dataclasses.asdict(cfg))  # type: ignore[call-overload]
+    t0 = time.time()
+    summary = run(cfg) or {}
+    summary = {"stage": stage, **summary, "duration_s": round(time.time() - t0, 3)}
+    write_json(reports / f"{stage}.summary.json", summary)
+    log.info("%s done in %.1fs; summary: %s", stage, summary["duration_s"], reports / f"{stage}.summary.json")
+    return summary
+
+
 def run_job(
     stage: str,
     cls: type[C],
@@ -269,13 +281,7 @@ def run_job(
     configure_logging()
     try:
         cfg = resolve_config(cls, argv, prog=f"python -m jobs.{stage}", description=description)
-        reports = Path(getattr(cfg, "out", ".")) / "reports"
-        write_json(reports / f"{stage}.config.json", dataclasses.asdict(cfg))  # type: ignore[call-overload]
-        t0 = time.time()
-        summary = run(cfg) or {}
-        summary = {"stage": stage, **summary, "duration_s": round(time.time() - t0, 3)}
-        write_json(reports / f"{stage}.summary.json", summary)
-        log.info("%s done in %.1fs; summary: %s", stage, summary["duration_s"], reports / f"{stage}.summary.json")
+        execute(stage, cfg, run)
         return 0
     except USER_ERRORS as e:
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__

@@ -1,0 +1,278 @@
+"""The data contract: what users bring, validated the same way by every job (issue 2).
+
+posts.parquet
+    post_id int64 (unique, non-null), user_id int64 (non-null), image string (path
+    relative to the parquet file's folder, or absolute; may be null), tags list<string>
+    (may be empty), optional item_id int64 (the item a post is about; by default one
+    item per distinct image).
+edges.parquet
+    src int64, dst int64 (non-null), optional weight float (> 0, finite).
+
+Every violation raises `InputError` with one line naming the file, the column and a few
+offending rows. Validation reads columns one at a time, vectorised (pyarrow compute),
+so it holds at 10^7 posts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from jobs.errors import InputError
+
+POSTS_REQUIRED = {"post_id": "int64", "user_id": "int64", "image": "string", "tags": "list<string>"}
+POSTS_OPTIONAL = {"item_id": "int64"}
+EDGES_REQUIRED = {"src": "int64", "dst": "int64"}
+EDGES_OPTIONAL = {"weight": "float"}
+
+_SHOW = 5  # offending rows named in a message
+
+
+@dataclass
+class EdgeReport:
+    """What `read_edges` found beyond hard errors (allowed, but counted)."""
+
+    edges: int
+    self_loops: int
+    duplicates: int
+    unknown_users: int  # edges with an endpoint that has no posts (when posts were given)
+    unknown_user_examples: list[int]
+
+
+# --------------------------------------------------------------------------- types
+
+
+def _is_int64(t: pa.DataType) -> bool:
+    return pa.types.is_int64(t)
+
+
+def _is_string(t: pa.DataType) -> bool:
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or (
+        pa.types.is_dictionary(t) and (pa.types.is_string(t.value_type) or pa.types.is_large_string(t.value_type))
+    )
+
+
+def _is_list_of_string(t: pa.DataType) -> bool:
+    return (pa.types.is_list(t) or pa.types.is_large_list(t)) and _is_string(t.value_type)
+
+
+def _is_float(t: pa.DataType) -> bool:
+    return pa.types.is_floating(t)
+
+
+_CHECKS = {"int64": _is_int64, "string": _is_string, "list<string>": _is_list_of_string, "float": _is_float}
+
+
+def _check_schema(path: Path, schema: pa.Schema, required: dict[str, str], optional: dict[str, str]) -> None:
+    names = set(schema.names)
+    missing = [c for c in required if c not in names]
+    if missing:
+        raise InputError(
+            f"{path}: missing column(s) {missing}; the contract needs {list(required)}"
+            f" (optional: {list(optional)}), found {schema.names}"
+        )
+    for col, want in {**required, **{k: v for k, v in optional.items() if k in names}}.items():
+        got = schema.field(col).type
+        if not _CHECKS[want](got):
+            hint = " (cast it with pyarrow: table.cast(...))" if want == "int64" and pa.types.is_integer(got) else ""
+            raise InputError(f"{path}: column '{col}' must be {want}, found {got}{hint}")
+
+
+def _open(path: str | os.PathLike, what: str) -> pq.ParquetFile:
+    p = Path(path)
+    if not p.exists():
+        raise InputError(f"{what} file {p} does not exist")
+    try:
+        return pq.ParquetFile(p)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
+
+
+def _examples(values: np.ndarray) -> str:
+    vals = values[:_SHOW].tolist()
+    more = f" and {len(values) - _SHOW} more" if len(values) > _SHOW else ""
+    return f"{vals}{more}"
+
+
+def _check_not_null(path: Path, table: pa.Table, col: str) -> None:
+    arr = table.column(col)
+    if arr.null_count:
+        rows = np.flatnonzero(pc.is_null(arr).to_numpy(zero_copy_only=False))
+        raise InputError(f"{path}: column '{col}' has {arr.null_count} null value(s), at rows {_examples(rows)}")
+
+
+def _check_unique(path: Path, ids: np.ndarray, col: str) -> None:
+    if len(ids) < 2:
+        return
+    s = np.sort(ids, kind="stable")
+    dup = s[1:][s[1:] == s[:-1]]
+    if len(dup):
+        dup = np.unique(dup)
+        raise InputError(f"{path}: column '{col}' must be unique; {len(dup)} duplicated value(s): {_examples(dup)}")
+
+
+# --------------------------------------------------------------------------- items
+
+
+_ITEM_MASK = np.uint64((1 << 63) - 1)
+
+
+def item_ids_for_images(images: pa.Array | pa.ChunkedArray | Sequence[str]) -> np.ndarray:
+    """Stable item ids: blake2b-64 of each image string, masked to 63 bits (int64, >= 0).
+
+    The same photo posted twice is one item, and an id does not change when the
+    manifest grows (unlike a row number), so backfills stay resumable.
+    """
+    if isinstance(images, (pa.Array, pa.ChunkedArray)):
+        images = images.to_pylist()
+    out = np.empty(len(images), dtype=np.uint64)
+    for i, s in enumerate(images):
+        out[i] = int.from_bytes(hashlib.blake2b(s.encode("utf-8"), digest_size=8).digest(), "big")
+    return (out & _ITEM_MASK).astype(np.int64)
+
+
+def _with_item_ids(table: pa.Table) -> pa.Table:
+    if "item_id" in table.column_names:
+        return table
+    images = table.column("image")
+    if images.null_count:
+        raise InputError(
+            "posts without an 'image' need an explicit 'item_id' column (one item per distinct image otherwise)"
+        )
+    # Hash each distinct image once.
+    uniq = pc.unique(images)
+    ids = item_ids_for_images(uniq)
+    idx = pc.index_in(images, value_set=uniq).to_numpy(zero_copy_only=False)
+    return table.append_column("item_id", pa.array(ids[idx], type=pa.int64()))
+
+
+def _resolve_images(table: pa.Table, base: Path) -> pa.Table:
+    """Make relative image paths absolute against the parquet file's folder."""
+    images = table.column("image")
+    if pa.types.is_dictionary(images.type):
+        images = images.cast(pa.string())
+    prefix = str(base.resolve()) + os.sep
+    is_abs = pc.starts_with(images, os.sep)
+    resolved = pc.if_else(is_abs, images, pc.binary_join_element_wise(prefix, images, ""))
+    return table.set_column(table.schema.get_field_index("image"), "image", resolved)
+
+
+# --------------------------------------------------------------------------- posts
+
+
+def validate_posts(path: str | os.PathLike, table: pa.Table) -> None:
+    """Raise InputError for the first contract violation found in a posts table."""
+    p = Path(path)
+    _check_schema(p, table.schema, POSTS_REQUIRED, POSTS_OPTIONAL)
+    for col in ("post_id", "user_id") + (("item_id",) if "item_id" in table.column_names else ()):
+        _check_not_null(p, table, col)
+        neg = np.flatnonzero(table.column(col).to_numpy() < 0)
+        if len(neg):
+            raise InputError(f"{p}: column '{col}' must be >= 0; negative at rows {_examples(neg)}")
+    _check_unique(p, table.column("post_id").to_numpy(), "post_id")
+    tags = table.column("tags")
+    if tags.null_count:
+        # A null list is read as "no tags" would hide a broken export: say so.
+        rows = np.flatnonzero(pc.is_null(tags).to_numpy(zero_copy_only=False))
+        raise InputError(f"{p}: column 'tags' has null lists at rows {_examples(rows)}; use [] for untagged posts")
+    flat = pc.list_flatten(tags)
+    bad = pc.or_kleene(pc.is_null(flat), pc.equal(pc.utf8_length(pc.utf8_trim_whitespace(flat)), 0))
+    if pc.any(bad).as_py():
+        parents = pc.list_parent_indices(tags).to_numpy()
+        rows = np.unique(parents[bad.to_numpy(zero_copy_only=False)])
+        raise InputError(f"{p}: column 'tags' holds null or empty tag strings at rows {_examples(rows)}")
+
+
+def read_posts(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read and validate posts.parquet; adds `item_id` when absent, makes `image` absolute."""
+    f = _open(path, "posts")
+    try:
+        table = f.read()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
+    validate_posts(path, table)
+    table = _with_item_ids(table)
+    table = _resolve_images(table, Path(path).parent)
+    if columns is not None:
+        table = table.select(list(columns))
+    return table
+
+
+def iter_posts(
+    path: str | os.PathLike, columns: Sequence[str] = ("post_id", "user_id", "item_id"), batch_rows: int = 65536
+) -> Iterator[pa.RecordBatch]:
+    """Stream validated posts in record batches (row groups), for archive-scale jobs.
+
+    Types are checked on the schema up front; per-batch checks cover nulls and negative
+    ids. Uniqueness of post_id across batches is checked by `read_posts`/`jobs.prepare`.
+    """
+    f = _open(path, "posts")
+    _check_schema(Path(path), f.schema_arrow, POSTS_REQUIRED, POSTS_OPTIONAL)
+    has_item = "item_id" in f.schema_arrow.names
+    want = list(columns)
+    read_cols = sorted(set(want) - {"item_id"} | ({"item_id"} if has_item else {"image"} if "item_id" in want else set()))
+    base = Path(path).parent
+    for batch in f.iter_batches(batch_size=batch_rows, columns=read_cols):
+        t = pa.Table.from_batches([batch])
+        for col in ("post_id", "user_id"):
+            if col in t.column_names:
+                _check_not_null(Path(path), t, col)
+        if "item_id" in want:
+            t = _with_item_ids(t)
+        if "image" in want:
+            t = _resolve_images(t, base)
+        yield from t.select(want).to_batches()
+
+
+# --------------------------------------------------------------------------- edges
+
+
+def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> tuple[pa.Table, EdgeReport]:
+    """Read and validate edges.parquet; returns (src, dst, weight float32) and a report.
+
+    `user_ids`, when given, are the users that have posts: edges naming others are
+    allowed (they shape the graph) but counted in the report.
+    """
+    f = _open(path, "edges")
+    p = Path(path)
+    _check_schema(p, f.schema_arrow, EDGES_REQUIRED, EDGES_OPTIONAL)
+    table = f.read()
+    for col in ("src", "dst"):
+        _check_not_null(p, table, col)
+        neg = np.flatnonzero(table.column(col).to_numpy() < 0)
+        if len(neg):
+            raise InputError(f"{p}: column '{col}' must be >= 0; negative at rows {_examples(neg)}")
+    if "weight" in table.column_names:
+        w = table.column("weight").cast(pa.float64())
+        if w.null_count:
+            rows = np.flatnonzero(pc.is_null(w).to_numpy(zero_copy_only=False))
+            raise InputError(f"{p}: column 'weight' has nulls at rows {_examples(rows)}")
+        wn = w.to_numpy()
+        bad = np.flatnonzero(~np.isfinite(wn) | (wn <= 0))
+        if len(bad):
+            raise InputError(f"{p}: column 'weight' must be finite and > 0; bad at rows {_examples(bad)}")
+        weight = pa.array(wn.astype(np.float32))
+    else:
+        weight = pa.array(np.ones(table.num_rows, dtype=np.float32))
+    src = table.column("src").to_numpy()
+    dst = table.column("dst").to_numpy()
+    out = pa.table({"src": src, "dst": dst, "weight": weight})
+    # Exact repeats of a (src, dst) row; the graph builder merges them.
+    dups = len(src) - len(np.unique(np.stack([src, dst], axis=1), axis=0)) if len(src) else 0
+    unknown, examples = 0, []
+    if user_ids is not None and len(src):
+        known = np.unique(user_ids)
+        bad = ~np.isin(src, known) | ~np.isin(dst, known)
+        unknown = int(bad.sum())
+        ends = np.concatenate([src[bad][~np.isin(src[bad], known)], dst[bad][~np.isin(dst[bad], known)]])
+        examples = np.unique(ends)[:_SHOW].tolist()
+    report = EdgeReport(int(len(src)), int((src == dst).sum()), int(dups), unknown, examples)
+    return out, report

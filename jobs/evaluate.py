@@ -1,0 +1,218 @@
+"""Evaluate every model on the same test split: `python -m jobs.evaluate`.
+
+    split/{train,test}.parquet → baselines fitted on train → saved models scored on the
+    test posts → P@k, R@k, F1@k, Acc@k for k = 1..10 → evaluation.{json,md}, f1_at_k.png
+
+`evaluation.json` maps model name → metric name (`precision@k`, `recall@k`, `f1@k`,
+`accuracy@k`) → value, plus `split` (the split's sizes) and `subsets` (the same table on
+the users with few training posts, where cold-start models should shine).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from jobs._cli import ArchiveArgs, SplitArgs, arg, main_for, write_json
+from jobs.errors import JobError
+from jobs.prepare import read_split
+from models.baselines import BASELINES, get_baseline
+from models.metrics import METRICS, metrics_at_k, select_rows
+
+log = logging.getLogger("jobs.evaluate")
+
+K_MAX = 10
+COLD_MAX_TRAIN_POSTS = 2
+
+
+@dataclasses.dataclass
+class EvaluateConfig(ArchiveArgs, SplitArgs):
+    """Which models to compare and where to write the table."""
+
+    models: list[str] = arg([], "model names under <out>/models (or model folders); empty: every saved model")
+    baselines: list[str] = arg(list(BASELINES), "baselines to include")
+    plot: bool = arg(True, "write f1_at_k.png")
+
+
+@dataclasses.dataclass
+class TestSet:
+    """The test posts with tags as indices into the training vocabulary."""
+
+    tags: list[str]              # training tag vocabulary, index = tag index
+    post_ids: np.ndarray         # (n,)
+    user_ids: np.ndarray         # (n,)
+    item_ids: np.ndarray         # (n,)
+    indptr: np.ndarray           # CSR of true tag indices
+    indices: np.ndarray
+    train_user_ids: np.ndarray   # sorted users seen in training
+    train_posts_per_user: np.ndarray  # aligned with train_user_ids
+
+
+def _tag_index(vocab: np.ndarray, tags: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
+    """CSR (indptr, indices) of a list<string> column against a sorted vocabulary; unknown tags dropped."""
+    import pyarrow.compute as pc
+
+    lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
+    flat = np.asarray(pc.list_flatten(tags).to_numpy(zero_copy_only=False), dtype=object).astype(str)
+    idx = np.searchsorted(vocab, flat)
+    idx = np.clip(idx, 0, len(vocab) - 1)
+    known = vocab[idx] == flat if len(vocab) else np.zeros(len(flat), bool)
+    rows = np.repeat(np.arange(len(lengths)), lengths)[known]
+    counts = np.bincount(rows, minlength=len(lengths))
+    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    return indptr, idx[known].astype(np.int64)
+
+
+def load_test_set(out: str | Path) -> tuple[TestSet, dict[str, np.ndarray]]:
+    """The test set, and the training (user_id, tag index) pairs the baselines fit on."""
+    train, test = read_split(out, "train"), read_split(out, "test")
+    import pyarrow.compute as pc
+
+    vocab = np.unique(np.asarray(pc.list_flatten(train.column("tags")).to_numpy(zero_copy_only=False), dtype=str))
+    tr_ptr, tr_idx = _tag_index(vocab, train.column("tags"))
+    tr_users = train.column("user_id").to_numpy()
+    users, counts = np.unique(tr_users, return_counts=True)
+    te_ptr, te_idx = _tag_index(vocab, test.column("tags"))
+    ts = TestSet(vocab.tolist(), test.column("post_id").to_numpy(), test.column("user_id").to_numpy(),
+                 test.column("item_id").to_numpy(), te_ptr, te_idx, users, counts)
+    pairs = {"user_id": np.repeat(tr_users, np.diff(tr_ptr)), "tag_index": tr_idx}
+    return ts, pairs
+
+
+def baseline_topk(name: str, ts: TestSet, pairs: dict[str, np.ndarray]) -> np.ndarray:
+    users = ts.train_user_ids
+    model = get_baseline(name, len(ts.tags), len(users)).fit(np.searchsorted(users, pairs["user_id"]),
+                                                            pairs["tag_index"])
+    uidx = np.searchsorted(users, ts.user_ids)
+    uidx = np.where((uidx < len(users)) & (users[np.clip(uidx, 0, len(users) - 1)] == ts.user_ids), uidx, -1)
+    return model.recommend(uidx, K_MAX)
+
+
+def model_topk(model_dir: Path, ts: TestSet, store: Path) -> np.ndarray:
+    """Top-10 tag indices (in the evaluation vocabulary) of a saved recommender on the test posts."""
+    from jobs.features import gather
+    from models.recsys import load
+
+    model = load(model_dir)
+    batch = gather(store, ts.user_ids, ts.item_ids, views=model.views)
+    batch.update(model.encode(ts.user_ids, ts.item_ids))
+    scores = model.post_vectors(batch) @ model.tag_matrix().T  # (n, T_model)
+    k = min(K_MAX, scores.shape[1])
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
+    # Map the model's tag vocabulary onto the evaluation vocabulary.
+    vocab = np.asarray(ts.tags)
+    mtags = np.asarray(model.tags)
+    pos = np.clip(np.searchsorted(vocab, mtags), 0, max(len(vocab) - 1, 0))
+    mapped = np.where(vocab[pos] == mtags, pos, -1)
+    out = np.full((len(ts.post_ids), K_MAX), -1, dtype=np.int64)
+    out[:, :k] = mapped[order]
+    return out
+
+
+def discover_models(cfg: EvaluateConfig) -> list[tuple[str, Path]]:
+    root = Path(cfg.out) / "models"
+    if cfg.models:
+        found = []
+        for m in cfg.models:
+            p = Path(m) if Path(m).is_dir() else root / m
+            if not (p / "model.json").exists():
+                have = sorted(d.name for d in root.glob("*") if (d / "model.json").exists()) if root.exists() else []
+                raise JobError(f"no saved model {m!r} (looked for {p}/model.json); saved models: {have}")
+            found.append((p.name, p))
+        return found
+    return sorted((d.name, d) for d in root.glob("*") if (d / "model.json").exists()) if root.exists() else []
+
+
+def markdown_table(results: dict[str, dict[str, float]], ks: tuple[int, ...] = (1, 3, 5, 10)) -> str:
+    cols = [f"{name}@{k}" for k in ks for name in ("P", "R", "F1", "Acc")]
+    keys = [f"{m}@{k}" for k in ks for m in METRICS]
+    lines = ["| model | " + " | ".join(cols) + " |", "|---|" + "---:|" * len(cols)]
+    best = {k: max(r[k] for r in results.values()) for k in keys} if results else {}
+    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["f1@5"]):
+        cells = [(f"**{r[k]:.4f}**" if r[k] == best[k] else f"{r[k]:.4f}") for k in keys]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_f1(results: dict[str, dict[str, float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks = range(1, K_MAX + 1)
+    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["f1@5"]):
+        ax.plot(list(ks), [r[f"f1@{k}"] for k in ks], marker="o", markersize=3, label=name)
+    ax.set_xlabel("k")
+    ax.set_ylabel("F1@k")
+    ax.set_xticks(list(ks))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    ax.set_title("F1@k on the test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def run(cfg: EvaluateConfig) -> dict[str, Any]:
+    ts, pairs = load_test_set(cfg.out)
+    if len(ts.post_ids) == 0:
+        raise JobError(f"the test split in {cfg.out}/split is empty; check --test-per-user and the filters")
+    topks: dict[str, np.ndarray] = {}
+    for name in cfg.baselines:
+        topks[name] = baseline_topk(name, ts, pairs)
+    for name, path in discover_models(cfg):
+        log.info("scoring %s on %d test posts", name, len(ts.post_ids))
+        topks[name] = model_topk(path, ts, cfg.store_path())
+    pos = np.searchsorted(ts.train_user_ids, ts.user_ids)
+    n_train = ts.train_posts_per_user[np.clip(pos, 0, len(ts.train_user_ids) - 1)]
+    cold = n_train <= COLD_MAX_TRAIN_POSTS
+    results, cold_results = {}, {}
+    for name, topk in topks.items():
+        results[name] = metrics_at_k(topk, ts.indptr, ts.indices)
+        if cold.any():
+            ptr, idx = select_rows(ts.indptr, ts.indices, cold)
+            cold_results[name] = metrics_at_k(topk[cold], ptr, idx)
+    split_sizes = _split_sizes(cfg.out)
+    report = {**results, "split": split_sizes,
+              "subsets": {f"users with <= {COLD_MAX_TRAIN_POSTS} training posts": cold_results}}
+    out = Path(cfg.out)
+    write_json(out / "evaluation.json", report)
+    md = ["# Evaluation", "", f"Test posts: {len(ts.post_ids)}; tags: {len(ts.tags)}; split: {split_sizes}", "",
+          markdown_table(results), ""]
+    if cold_results:
+        md += [f"## Users with <= {COLD_MAX_TRAIN_POSTS} training posts ({int(cold.sum())} test posts)", "",
+               markdown_table(cold_results), ""]
+    (out / "evaluation.md").write_text("\n".join(md))
+    if cfg.plot and results:
+        plot_f1(results, out / "f1_at_k.png")
+    print(markdown_table(results))
+    return {"models": sorted(results), "test_posts": len(ts.post_ids),
+            "f1@5": {k: round(v["f1@5"], 4) for k, v in results.items()},
+            "outputs": [str(out / "evaluation.json"), str(out / "evaluation.md")]}
+
+
+def _split_sizes(out: str | Path) -> dict[str, Any]:
+    import json
+
+    p = Path(out) / "split" / "split.json"
+    if not p.exists():
+        return {}
+    rep = json.loads(p.read_text())
+    return {name: rep[name] for name in ("train", "val", "test") if name in rep} | {"tags": rep.get("tags")}
+
+
+def main() -> None:
+    main_for("evaluate", EvaluateConfig, run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,61 @@
+"""The evaluation job: JSON/markdown/plot outputs, and a planted personal signal baselines must show."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from jobs._cli import run_job
+from jobs.evaluate import EvaluateConfig
+from jobs.evaluate import run as evaluate
+from jobs.prepare import PrepareConfig
+from jobs.prepare import run as prepare
+
+
+def _personal_archive(tmp_path, users=40, per_user=12, seed=0):
+    """Each user mostly uses their own two tags plus a popular one: user-popular must win."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for u in range(users):
+        for j in range(per_user):
+            tags = [f"own{u}a", f"own{u}b"] if rng.random() < 0.8 else []
+            tags += ["common"] if rng.random() < 0.5 else [f"noise{rng.integers(0, 5)}"]
+            rows.append((u * 100 + j, u, tags))
+    t = pa.table({"post_id": pa.array([r[0] for r in rows], pa.int64()),
+                  "user_id": pa.array([r[1] for r in rows], pa.int64()),
+                  "image": pa.array([f"{r[0]}.jpg" for r in rows]),
+                  "tags": pa.array([r[2] for r in rows], pa.list_(pa.string()))})
+    pq.write_table(t, tmp_path / "posts.parquet")
+    return tmp_path / "posts.parquet"
+
+
+def test_evaluate_writes_tables_and_finds_personal_signal(tmp_path):
+    posts = _personal_archive(tmp_path)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out), test_per_user=2))
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out)]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert set(ev) >= {"most-popular", "user-popular", "split", "subsets"}
+    for model in ("most-popular", "user-popular"):
+        assert set(ev[model]) >= {f"{m}@{k}" for m in ("precision", "recall", "f1", "accuracy") for k in range(1, 11)}
+    assert ev["user-popular"]["f1@3"] > ev["most-popular"]["f1@3"] + 0.2
+    assert ev["split"]["test"]["posts"] > 0
+    md = (out / "evaluation.md").read_text()
+    assert "| user-popular |" in md and "F1@5" in md
+    assert (out / "f1_at_k.png").stat().st_size > 1000
+
+
+def test_unknown_model_is_a_clear_error(tmp_path, capsys):
+    posts = _personal_archive(tmp_path, users=5)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out)))
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--models", "NOPE"]) == 2
+    assert "no saved model 'NOPE'" in capsys.readouterr().err
+
+
+def test_missing_split_says_which_stage_to_run(tmp_path, capsys):
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(tmp_path / "x")]) == 2
+    assert "run `python -m jobs.prepare" in capsys.readouterr().err

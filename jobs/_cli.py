@@ -160,7 +160,7 @@ def _default_of(f: dataclasses.Field) -> Any:
 def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentParser:
     """One `--flag` per field of `cls`, plus `--config FILE`."""
     p = argparse.ArgumentParser(
-        prog=prog, description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter
+        prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--config", default=None, metavar="FILE",
                    help="YAML or JSON file of config keys (defaults < file < flags)")

@@ -255,11 +255,12 @@ def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> t
         if w.null_count:
             rows = np.flatnonzero(pc.is_null(w).to_numpy(zero_copy_only=False))
             raise InputError(f"{p}: column 'weight' has nulls at rows {_examples(rows)}")
-        wn = w.to_numpy()
+        with np.errstate(over="ignore"):
+            wn = w.to_numpy().astype(np.float32)  # checked after the cast: 1e39 overflows float32
         bad = np.flatnonzero(~np.isfinite(wn) | (wn <= 0))
         if len(bad):
             raise InputError(f"{p}: column 'weight' must be finite and > 0; bad at rows {_examples(bad)}")
-        weight = pa.array(wn.astype(np.float32))
+        weight = pa.array(wn)
     else:
         weight = pa.array(np.ones(table.num_rows, dtype=np.float32))
     src = table.column("src").to_numpy()

@@ -211,7 +211,7 @@ def _split_sizes(out: str | Path) -> dict[str, Any]:
 
 
 def main() -> None:
-    main_for("evaluate", EvaluateConfig, run, __doc__.splitlines()[0])
+    main_for("evaluate", EvaluateConfig, run, __doc__)
 
 
 if __name__ == "__main__":

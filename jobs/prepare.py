@@ -175,7 +175,7 @@ def read_split(out: str | Path, name: str) -> pa.Table:
 
 
 def main() -> None:
-    main_for("prepare", PrepareConfig, run, __doc__.splitlines()[0])
+    main_for("prepare", PrepareConfig, run, __doc__)
 
 
 if __name__ == "__main__":

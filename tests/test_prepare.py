@@ -8,7 +8,6 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
-import pytest
 
 from jobs._cli import run_job
 from jobs.prepare import PrepareConfig, make_split, p_core, run

@@ -172,7 +172,10 @@ def build_parser(cls: type, prog: str, description: str) -> argparse.ArgumentPar
         kw: dict[str, Any] = {"dest": name, "default": argparse.SUPPRESS, "help": f"{help_} (default: {default!r})"}
         if "choices" in f.metadata:
             kw["choices"] = f.metadata["choices"]
-        if base is bool:
+        if base is bool and name.startswith("no_"):
+            # BooleanOptionalAction would make --no-x and --no-no-x, both meaning False.
+            p.add_argument(flag, action="store_const", const=True, **kw)
+        elif base is bool:
             p.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
         else:
             kw["metavar"] = name.upper()

@@ -18,6 +18,7 @@ class Cfg(ArchiveArgs):
     fast: bool = arg(False, "go fast")
     names: list[str] = arg(["a"], "names")
     backend: str = arg("auto", "backend", choices=("auto", "cpu"))
+    no_images: bool = arg(False, "skip images")
 
 
 def test_precedence_defaults_file_flags(tmp_path):
@@ -26,7 +27,12 @@ def test_precedence_defaults_file_flags(tmp_path):
     cfg = resolve_config(Cfg, ["--config", str(f), "--lr", "0.25", "--fast"], "p", "d")
     assert (cfg.batch_size, cfg.lr, cfg.fast, cfg.names, cfg.seed) == (8, 0.25, True, ["x", "y"], 0)
     cfg = resolve_config(Cfg, ["--names", "p,q", "--no-fast"], "p", "d")
-    assert cfg.names == ["p", "q"] and cfg.fast is False
+    assert cfg.names == ["p", "q"] and cfg.fast is False and cfg.no_images is False
+
+
+def test_a_no_flag_turns_its_field_on():
+    # A field named no_x gets --no-x (True), not BooleanOptionalAction's --no-x/--no-no-x pair.
+    assert resolve_config(Cfg, ["--no-images"], "p", "d").no_images is True
 
 
 def test_unknown_key_lists_valid_ones(tmp_path):

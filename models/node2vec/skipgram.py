@@ -1,0 +1,119 @@
+"""Skip-gram with negative sampling on walks (gensim's Word2Vec).
+
+Why gensim and not torch: on this project's CPU machines gensim's Cython SGNS
+trains ~0.3M walk tokens/s on 2 cores with window 10 (benchmarks/results/node2vec.md),
+torch on CPU is several times slower, and PecanPy (the reference) uses the same
+trainer, so benchmark settings match exactly.
+
+Walks stay compact: an int32 array (n_walks, walk_length) with -1 padding. They
+reach gensim either as a restartable iterable that yields one walk at a time as
+a list of ints (no strings, never all walks as Python lists), or as a corpus
+file gensim reads in C++ without the GIL (`corpus="file"`, which scales with
+workers on big machines).
+
+Int tokens are node id + n_nodes, never the bare id: gensim's
+`KeyedVectors.get_index(key)` looks an int up as a KEY first and only then
+treats it as a slot, and `make_cum_table` calls it with slots. With keys
+0..n-1 every slot is also a key, so the negative-sampling table silently used
+the count of node i for slot i (a permuted noise distribution): link-prediction
+AUC fell from 0.84 to 0.70 in benchmarks/node2vec.py. Keys >= n_nodes never
+collide with slots. `tests/test_node2vec_quality.py` guards this.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from models.errors import ModelError
+
+
+@dataclass(frozen=True)
+class SkipGramConfig:
+    """Word2Vec settings (gensim names in comments)."""
+
+    dim: int = 128          # vector_size
+    window: int = 10        # window: context nodes each side
+    epochs: int = 1         # epochs over the walks
+    negative: int = 5       # negative samples per positive pair
+    sample: float = 1e-3    # sample: down-sampling of frequent nodes (gensim's and PecanPy's default)
+    alpha: float = 0.025    # initial learning rate
+    workers: int = 0        # threads; 0 = all cores. 1 makes training deterministic
+    seed: int = 0
+    corpus: str = "memory"  # "memory" (iterable over the arrays) or "file" (corpus_file)
+
+    def check(self) -> None:
+        for name in ("dim", "window", "epochs", "negative"):
+            if int(getattr(self, name)) < 1:
+                raise ModelError(f"skip-gram {name} must be >= 1, got {getattr(self, name)}")
+        if self.corpus not in ("memory", "file"):
+            raise ModelError(f"skip-gram corpus must be 'memory' or 'file', got {self.corpus!r}")
+
+
+class WalkCorpus:
+    """Restartable iterable of walks as lists of int node ids (padding dropped).
+
+    walks: sequence of int arrays (n_walks_i, walk_length); iterated in order.
+    """
+
+    def __init__(self, walks: Sequence[np.ndarray], offset: int) -> None:
+        self.walks = walks
+        self.offset = np.int64(offset)  # token = node id + offset (see the module docstring)
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for block in self.walks:
+            for row in block:
+                if row[-1] < 0:
+                    row = row[row >= 0]
+                yield (row + self.offset).tolist()
+
+
+def write_corpus_file(walks: Sequence[np.ndarray], path: str, rows_per_chunk: int = 65536) -> None:
+    """Walks as text, one walk per line, ids separated by spaces (gensim's LineSentence)."""
+    with open(path, "w") as fh:
+        for block in walks:
+            for lo in range(0, len(block), rows_per_chunk):
+                lines = []
+                for row in block[lo:lo + rows_per_chunk]:
+                    if row[-1] < 0:
+                        row = row[row >= 0]
+                    lines.append(" ".join(map(str, row.tolist())))
+                fh.write("\n".join(lines) + "\n")
+
+
+def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig) -> np.ndarray:
+    """Node vectors (n_nodes, dim) float32 from walks over dense ids 0..n_nodes-1.
+
+    Nodes that never occur in a walk get a zero row.
+    """
+    model, keys = fit_word2vec(walks, n_nodes, cfg)
+    out = np.zeros((n_nodes, cfg.dim), np.float32)
+    out[keys] = model.wv.vectors
+    return out
+
+
+def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig):
+    """(gensim Word2Vec model, (vocab,) int64 dense node id of each vector row)."""
+    from gensim.models import Word2Vec
+
+    cfg.check()
+    walks = [w for w in walks if w.size]
+    if not walks:
+        raise ModelError("no walks to train on")
+    kw = dict(vector_size=cfg.dim, window=cfg.window, min_count=0, sg=1, hs=0, negative=cfg.negative,
+              sample=cfg.sample, alpha=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed,
+              workers=cfg.workers or os.cpu_count() or 1)
+    if cfg.corpus == "file":
+        with tempfile.TemporaryDirectory(prefix="walks-") as d:
+            path = os.path.join(d, "walks.txt")
+            write_corpus_file(walks, path)
+            model = Word2Vec(corpus_file=path, **kw)
+        keys = np.asarray([int(k) for k in model.wv.index_to_key], np.int64)  # str keys from the file
+    else:
+        model = Word2Vec(WalkCorpus(walks, offset=n_nodes), **kw)
+        keys = np.asarray(model.wv.index_to_key, np.int64) - n_nodes
+    return model, keys

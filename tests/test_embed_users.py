@@ -1,0 +1,139 @@
+"""jobs.embed_users end to end on a real local Ray and a real LMDB store."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from jobs._cli import run_job
+from jobs.embed_users import EmbedUsersConfig, run
+from jobs.errors import InputError, JobError
+
+N_COMM, SIZE = 4, 30
+
+
+def planted_archive(tmp_path, extra_users=(), weight=False, src=None, dst=None):
+    """Users 100.. in 4 planted communities (dense inside, sparse across), one post each."""
+    rng = np.random.default_rng(0)
+    n = N_COMM * SIZE
+    users = 100 + np.arange(n)
+    if src is None:
+        s = np.repeat(np.arange(n), 6)
+        same = rng.random(s.size) < 0.9
+        d = np.where(same, (s // SIZE) * SIZE + rng.integers(0, SIZE, s.size), rng.integers(0, n, s.size))
+        src, dst = users[s], users[d]
+    all_users = np.concatenate([users, np.asarray(extra_users, np.int64)])
+    posts = pa.table({"post_id": pa.array(np.arange(all_users.size), pa.int64()),
+                      "user_id": pa.array(all_users, pa.int64()),
+                      "image": pa.array([f"{i}.jpg" for i in range(all_users.size)]),
+                      "tags": pa.array([["t"]] * all_users.size, pa.list_(pa.string()))})
+    pq.write_table(posts, tmp_path / "posts.parquet")
+    cols = {"src": pa.array(np.asarray(src), pa.int64()), "dst": pa.array(np.asarray(dst), pa.int64())}
+    if weight:
+        cols["weight"] = pa.array(np.linspace(0.5, 2.0, len(src)), pa.float32())
+    pq.write_table(pa.table(cols), tmp_path / "edges.parquet")
+    return EmbedUsersConfig(posts=str(tmp_path / "posts.parquet"), edges=str(tmp_path / "edges.parquet"),
+                            out=str(tmp_path / "out"), store=str(tmp_path / "store"), p=0.5, q=2.0,
+                            walk_length=20, walks_per_node=8, dim=16, window=4, sg_workers=1, seed=3)
+
+
+def read_view(cfg, ids):
+    from featurestore import Store
+
+    with Store.open(cfg.store, create=False) as st:
+        info = st.describe(cfg.view)
+        vecs, found = st.reader(cfg.view).get_many(np.asarray(ids, np.int64))
+    return info, vecs, found
+
+
+def test_vectors_written_and_share_community(tmp_path, ray_local):
+    cfg = planted_archive(tmp_path, extra_users=[5000, 5001])
+    res = run(cfg)
+    users = 100 + np.arange(N_COMM * SIZE)
+    info, vecs, found = read_view(cfg, np.r_[users, 5000, 5001])
+    assert found.all() and info.dim == 16 and info.dtype == "float16"
+    assert info.producer["p"] == 0.5 and info.producer["q"] == 2.0 and info.producer["walk_length"] == 20
+    # Users with posts but no edges: zero vectors, counted.
+    assert res["users_without_edges"] == 2 and np.all(vecs[-2:] == 0)
+    x = vecs[:-2] / np.linalg.norm(vecs[:-2], axis=1, keepdims=True)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    comm = np.arange(users.size) // SIZE
+    nn = np.argsort(-sim, axis=1)[:, :5]
+    assert (comm[nn] == comm[:, None]).mean() > 0.8
+    # A re-run with the same arguments is a no-op.
+    assert run(cfg)["skipped"] is True
+
+
+def test_reproducible_regardless_of_shards(tmp_path, ray_local):
+    a = planted_archive(tmp_path)
+    b = dataclasses.replace(a, store=str(tmp_path / "store2"), shards=7)
+    a = dataclasses.replace(a, shards=1)
+    run(a)
+    run(b)
+    ids = 100 + np.arange(N_COMM * SIZE)
+    assert np.array_equal(read_view(a, ids)[1], read_view(b, ids)[1])
+
+
+def test_other_parameters_need_a_new_view(tmp_path, ray_local):
+    cfg = planted_archive(tmp_path)
+    run(cfg)
+    with pytest.raises(JobError, match="other parameters.*user/node2vec@<n\\+1>"):
+        run(dataclasses.replace(cfg, q=4.0))
+    res = run(dataclasses.replace(cfg, q=4.0, view="user/node2vec@2", directed=True, weighted=False,
+                                  dtype="float32"))
+    assert res["written"] == N_COMM * SIZE
+
+
+def test_weighted_and_unknown_users(tmp_path, ray_local):
+    # Edges naming users without posts are allowed, embedded and counted.
+    src = np.r_[100 + np.arange(10), 900, 901]
+    dst = np.r_[101 + np.arange(10), 100, 900]
+    cfg = planted_archive(tmp_path, weight=True, src=src, dst=dst)
+    res = run(dataclasses.replace(cfg, weighted=True))
+    assert res["edge_users_without_posts"] == 2 and res["edges_naming_users_without_posts"] == 2
+    info, vecs, found = read_view(cfg, [900, 901, 100])
+    assert found.all() and info.producer["weighted"] is True and np.all(np.linalg.norm(vecs, axis=1) > 0)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_empty_edges_file(tmp_path):
+    cfg = planted_archive(tmp_path, src=[], dst=[])
+    with pytest.raises(InputError, match="has no edges"):
+        run(cfg)
+
+
+def test_only_self_loops(tmp_path):
+    cfg = planted_archive(tmp_path, src=[100, 101], dst=[100, 101])
+    with pytest.raises(InputError, match="self-loops"):
+        run(cfg)
+
+
+def test_weighted_without_weight_column(tmp_path):
+    cfg = planted_archive(tmp_path)
+    with pytest.raises(InputError, match="no 'weight' column"):
+        run(dataclasses.replace(cfg, weighted=True))
+
+
+@pytest.mark.parametrize("field,value,msg", [("p", 0.0, "--p must be"), ("q", -1.0, "--q must be"),
+                                             ("p", float("nan"), "--p must be"),
+                                             ("walk_length", 0, "--walk-length must be >= 2"),
+                                             ("walks_per_node", 0, "--walks-per-node"), ("dim", 0, "--dim"),
+                                             ("epochs", -1, "--epochs")])
+def test_bad_parameters(tmp_path, field, value, msg):
+    cfg = planted_archive(tmp_path)
+    with pytest.raises(JobError, match=msg):
+        run(dataclasses.replace(cfg, **{field: value}))
+
+
+def test_cli_exit_code_for_bad_q(tmp_path, capsys):
+    cfg = planted_archive(tmp_path)
+    argv = ["--posts", cfg.posts, "--edges", cfg.edges, "--out", cfg.out, "--q", "0"]
+    assert run_job("embed_users", EmbedUsersConfig, run, argv) == 2
+    assert "--q must be a finite number > 0" in capsys.readouterr().err

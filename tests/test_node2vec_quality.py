@@ -1,0 +1,114 @@
+"""Quality on a planted-community graph: held-out edges score above random pairs,
+nearest neighbours share the planted community."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from models.errors import ModelError
+from models.node2vec import SkipGramConfig, build_graph, embed
+from models.node2vec.quality import cosine, link_prediction_auc, sample_non_edges, split_edges
+from models.node2vec.skipgram import train_skipgram
+
+
+def planted_graph(n_comm=8, size=50, k_in=8, k_out=1, seed=0):
+    """Stochastic block graph: each node ~k_in arcs inside its community, ~k_out outside."""
+    rng = np.random.default_rng(seed)
+    n = n_comm * size
+    comm = np.arange(n) // size
+    src = np.repeat(np.arange(n), k_in + k_out)
+    same = np.tile(np.r_[np.ones(k_in, bool), np.zeros(k_out, bool)], n)
+    dst = np.where(same, comm[src] * size + rng.integers(0, size, src.size), rng.integers(0, n, src.size))
+    # original ids far from dense ones, to exercise the remapping
+    return 1000 + 7 * src, 1000 + 7 * dst, comm
+
+
+@pytest.fixture(scope="module")
+def trained():
+    src, dst, comm = planted_graph()
+    train, held = split_edges(src, dst, 0.1, seed=1)
+    all_ids = np.unique(np.concatenate([src, dst]))
+    g = build_graph(src[train], dst[train], nodes=all_ids)
+    vecs = embed(g, p=0.5, q=2.0, walk_length=40, walks_per_node=10, seed=3,
+                 sg=SkipGramConfig(dim=32, window=5, epochs=2, workers=1, seed=3))
+    return g, vecs, src[held], dst[held], comm
+
+
+def test_held_out_edges_score_above_random_pairs(trained):
+    g, vecs, hs, hd, _ = trained
+    u, v = g.dense(hs), g.dense(hd)
+    keep = u != v
+    nu, nv = sample_non_edges(g, 2000, seed=5)
+    assert link_prediction_auc(vecs, u[keep], v[keep], nu, nv) > 0.8
+
+
+def test_nearest_neighbours_share_planted_community(trained):
+    g, vecs, _, _, comm = trained
+    node_comm = comm[(g.node_ids - 1000) // 7]
+    x = vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+    sim = x @ x.T
+    np.fill_diagonal(sim, -np.inf)
+    nn = np.argsort(-sim, axis=1)[:, :10]
+    assert (node_comm[nn] == node_comm[:, None]).mean() > 0.8
+
+
+def test_shuffled_vectors_fail_the_same_checks(trained):
+    # The checks can fail: vectors that ignore the graph score at chance.
+    g, vecs, hs, hd, _ = trained
+    perm = np.random.default_rng(0).permutation(g.n_nodes)
+    u, v = g.dense(hs), g.dense(hd)
+    nu, nv = sample_non_edges(g, 2000, seed=5)
+    assert abs(link_prediction_auc(vecs[perm], u, v, nu, nv) - 0.5) < 0.1
+
+
+def test_isolated_nodes_get_zero_vectors():
+    g = build_graph(np.array([1, 2, 3]), np.array([2, 3, 1]), nodes=np.array([1, 2, 3, 50]))
+    vecs = embed(g, p=1, q=1, walk_length=5, walks_per_node=5,
+                 sg=SkipGramConfig(dim=8, window=2, workers=1))
+    assert np.all(vecs[g.dense([50])[0]] == 0) and np.all(np.linalg.norm(vecs[:3], axis=1) > 0)
+
+
+def test_skipgram_deterministic_with_one_worker():
+    src, dst, _ = planted_graph(n_comm=2, size=20, seed=2)
+    g = build_graph(src, dst)
+    cfg = SkipGramConfig(dim=8, window=3, workers=1, seed=4)
+    a = embed(g, 0.5, 2.0, 10, 2, sg=cfg, seed=4)
+    b = embed(g, 0.5, 2.0, 10, 2, sg=cfg, seed=4)
+    assert np.array_equal(a, b)
+
+
+def test_corpus_file_mode_trains_too():
+    src, dst, comm = planted_graph(n_comm=4, size=30, seed=4)
+    g = build_graph(src, dst)
+    from models.node2vec import random_walks
+
+    walks = random_walks(g, 30, 10, 0.5, 2.0, seed=0)
+    vecs = train_skipgram([walks], g.n_nodes, SkipGramConfig(dim=16, window=5, workers=1, corpus="file"))
+    node_comm = comm[(g.node_ids - 1000) // 7]
+    same = node_comm[:, None] == node_comm[None, :]
+    sims = cosine(vecs, *np.nonzero(np.ones_like(same)))
+    assert sims.reshape(same.shape)[same].mean() > sims.reshape(same.shape)[~same].mean() + 0.2
+
+
+@pytest.mark.parametrize("field,val", [("dim", 0), ("window", 0), ("epochs", 0), ("negative", 0),
+                                       ("corpus", "disk")])
+def test_bad_skipgram_config(field, val):
+    with pytest.raises(ModelError, match=field if field != "corpus" else "corpus"):
+        train_skipgram([np.zeros((1, 3), np.int32)], 1, SkipGramConfig(**{field: val}))
+
+
+def test_negative_sampling_table_uses_each_slot_count():
+    # Regression: with int tokens equal to slots, gensim's make_cum_table read the
+    # count of the wrong node (KeyedVectors.get_index looks ints up as keys first).
+    from models.node2vec import random_walks
+    from models.node2vec.skipgram import fit_word2vec
+
+    src, dst, _ = planted_graph(n_comm=2, size=30, seed=1)
+    hub = np.r_[src, np.full(40, src[0])], np.r_[dst, 1000 + 7 * np.arange(40)]
+    g = build_graph(*hub)
+    walks = random_walks(g, 20, 5, 0.5, 2.0, seed=0)
+    model, keys = fit_word2vec([walks], g.n_nodes, SkipGramConfig(dim=8, window=3, workers=1))
+    counts = np.bincount(walks[walks >= 0], minlength=g.n_nodes)
+    slot_counts = np.array([model.wv.get_vecattr(i, "count") for i in range(len(keys))])
+    assert np.array_equal(slot_counts, counts[keys])

@@ -1,0 +1,162 @@
+"""BPR training throughput: the step kernel alone and the Ray job around it (issue 6).
+
+    python benchmarks/train.py --quick      # < 1 min on a 2-core laptop
+    python benchmarks/train.py              # bigger data, dim 128
+
+CPU section, one run, same data and model (PITF-IC-OD):
+  - kernel: `bpr_step_fused` vs `bpr_step_autograd` (the plain torch step), samples/s;
+  - training: a single-process loop (`BPRTrainer`, no Ray) vs the Ray job (`RayEngine`)
+    with 1 and 2 workers, samples/s over whole epochs after a warm-up epoch (worker start-up
+    excluded, the per-epoch state pull included).
+GPU section (only where CUDA exists): one BPR step for PITF-IC-OD at k=128, 100k users,
+2000 tags, fused vs autograd.
+
+Last lines: `RATIO <name> <ours/reference>` (> 1: ours faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.recsys import get_model  # noqa: E402
+from models.recsys.bpr import BPRConfig, BPRTrainer, PostData, bpr_step_autograd, bpr_step_fused  # noqa: E402
+
+
+def random_posts(n_posts: int, n_users: int, n_items: int, n_tags: int, seed: int = 0) -> PostData:
+    """Posts with 1-4 random tags and random IC/OD vectors (throughput needs no signal)."""
+    rng = np.random.default_rng(seed)
+    tags = [rng.choice(n_tags, rng.integers(1, 5), replace=False) for _ in range(n_posts)]
+    feats = {"ic": rng.random((n_posts, 512), dtype=np.float32), "od": rng.random((n_posts, 80), dtype=np.float32)}
+    return PostData.from_lists(rng.integers(0, n_users, n_posts), rng.integers(0, n_items, n_posts), tags,
+                               n_tags, feats)
+
+
+def time_steps(step, model, inp, pos, neg, rows, repeats: int, sync=lambda: None) -> float:
+    """samples/s of `step` over `repeats` calls after one warm-up call."""
+    step(model, inp, pos, neg, 0.01, 1e-4, rows)
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        step(model, inp, pos, neg, 0.01, 1e-4, rows)
+    sync()
+    return repeats * len(pos) / (time.perf_counter() - t0)
+
+
+def kernel_section(device: str, n_users: int, n_items: int, n_tags: int, dim: int, batch: int,
+                   repeats: int, samples_per_post: int = 1) -> tuple[float, float]:
+    """(fused, autograd) samples/s of one BPR step for PITF-IC-OD on `device`.
+
+    samples_per_post > 1: the batch's samples share batch/samples_per_post distinct posts
+    (several (t+, t-) per post), whose features both steps project once.
+    """
+    rng = np.random.default_rng(0)
+    m = get_model("PITF-IC-OD", n_users=n_users, n_items=n_items, n_tags=n_tags, dim=dim, device=device)
+    n_posts = batch // samples_per_post
+    b = {"user_index": rng.integers(0, n_users, n_posts), "item_index": rng.integers(0, n_items, n_posts),
+         "ic": rng.random((n_posts, 512), dtype=np.float32), "od": rng.random((n_posts, 80), dtype=np.float32)}
+    inp = m.inputs(b)
+    rows = None if samples_per_post == 1 else torch.as_tensor(rng.integers(0, n_posts, batch), device=device)
+    pos = torch.as_tensor(rng.integers(0, n_tags, batch), device=device)
+    neg = (pos + torch.as_tensor(rng.integers(1, n_tags, batch), device=device)) % n_tags
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    fused = time_steps(bpr_step_fused, m, inp, pos, neg, rows, repeats, sync)
+    auto = time_steps(bpr_step_autograd, m, inp, pos, neg, rows, repeats, sync)
+    return fused, auto
+
+
+def local_rate(data: PostData, n_users: int, n_items: int, n_tags: int, dim: int, bpr: BPRConfig,
+               epochs: int) -> float:
+    m = get_model("PITF-IC-OD", n_users=n_users, n_items=n_items, n_tags=n_tags, dim=dim)
+    tr = BPRTrainer(m, data, bpr, total_pairs=len(data.pairs()[0]))
+    tr.run_epoch(0)
+    t0, n = time.perf_counter(), 0
+    for e in range(1, epochs + 1):
+        n += tr.run_epoch(e)[1]
+    return n / (time.perf_counter() - t0)
+
+
+def ray_rate(data: PostData, n_users: int, n_items: int, n_tags: int, dim: int, bpr: BPRConfig,
+             epochs: int, workers: int, tmp: Path) -> float:
+    from jobs.train import RayEngine, TrainConfig
+
+    m = get_model("PITF-IC-OD", n_users=n_users, n_items=n_items, n_tags=n_tags, dim=dim)
+    cfg = TrainConfig(out=str(tmp), num_workers=workers, num_cpus=max(2, workers))
+    eng = RayEngine(m, data, bpr, cfg, tmp / "no-fault")
+    try:
+        eng.run_epoch(0)
+        t0, n = time.perf_counter(), 0
+        for e in range(1, epochs + 1):
+            n += eng.run_epoch(e)[1]
+        return n / (time.perf_counter() - t0)
+    finally:
+        eng.close()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="small data, dim 64: under a minute")
+    ap.add_argument("--skip-ray", action="store_true", help="kernel and single-process loop only")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    torch.set_num_threads(1)  # the single-process loop gets one core, like each Ray worker
+    n_posts, n_users, n_items, n_tags, dim, epochs = ((40_000, 4_000, 40_000, 500, 64, 2) if a.quick
+                                                      else (100_000, 10_000, 100_000, 2000, 128, 3))
+    bpr = BPRConfig(lr=0.01, reg=1e-4, batch_size=1024, epochs=epochs + 1)
+    rows = []
+
+    f, g = kernel_section("cpu", n_users, n_items, n_tags, dim, 4096, 5 if a.quick else 20)
+    f8, g8 = kernel_section("cpu", n_users, n_items, n_tags, dim, 4096, 5 if a.quick else 20, samples_per_post=8)
+    rows += [("cpu kernel: bpr_step_fused", f), ("cpu kernel: bpr_step_autograd (plain torch)", g),
+             ("cpu kernel: bpr_step_fused, 8 samples per distinct post", f8),
+             ("cpu kernel: bpr_step_autograd, 8 samples per distinct post", g8)]
+    data = random_posts(n_posts, n_users, n_items, n_tags)
+    local = local_rate(data, n_users, n_items, n_tags, dim, bpr, epochs)
+    rows.append(("cpu training: single process, 1 thread", local))
+    ray1 = ray2 = float("nan")
+    if not a.skip_ray:
+        import tempfile
+
+        from jobs._ray import init_ray
+
+        init_ray("", 2)
+        with tempfile.TemporaryDirectory() as tmp:
+            ray1 = ray_rate(data, n_users, n_items, n_tags, dim, bpr, epochs, 1, Path(tmp))
+            ray2 = ray_rate(data, n_users, n_items, n_tags, dim, bpr, epochs, 2, Path(tmp))
+        rows += [("cpu training: Ray job, 1 worker", ray1), ("cpu training: Ray job, 2 workers", ray2)]
+
+    gpu = None
+    if torch.cuda.is_available():
+        torch.backends.cuda.matmul.allow_tf32 = True  # the projections are TF32 matmuls on tensor cores
+        gpu = kernel_section("cuda", 100_000, 100_000, 2000, 128, 1 << 18, 50)
+        gpu8 = kernel_section("cuda", 100_000, 100_000, 2000, 128, 1 << 18, 50, samples_per_post=8)
+        rows += [("gpu kernel: bpr_step_fused (k=128, 100k users, 2000 tags)", gpu[0]),
+                 ("gpu kernel: bpr_step_autograd (plain torch)", gpu[1]),
+                 ("gpu kernel: bpr_step_fused, 8 samples per distinct post", gpu8[0]),
+                 ("gpu kernel: bpr_step_autograd, 8 samples per distinct post", gpu8[1])]
+    print(f"PITF-IC-OD, dim {dim}, {n_posts:,} posts, {len(data.pairs()[0]):,} pairs/epoch, "
+          f"{n_users:,} users, {n_tags} tags, batch {bpr.batch_size}")
+    print(f"{'what':<62} {'samples/s':>14}")
+    for name, rate in rows:
+        print(f"{name:<62} {rate:>14,.0f}")
+    if gpu is None:
+        print("gpu kernel: skipped (no CUDA device here)")
+    print(f"RATIO bpr_step_fused_vs_autograd_cpu {f / g:.3f}")
+    if not a.skip_ray:
+        print(f"RATIO ray_1_worker_vs_single_process {ray1 / local:.3f}")
+        print(f"RATIO ray_2_workers_vs_single_process {ray2 / local:.3f}")
+    if gpu is not None:
+        print(f"RATIO bpr_step_fused_vs_autograd_gpu {gpu[0] / gpu[1]:.3f}")
+        print(f"RATIO bpr_step_fused_vs_autograd_gpu_8_per_post {gpu8[0] / gpu8[1]:.3f}")
+
+
+if __name__ == "__main__":
+    main()

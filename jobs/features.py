@@ -1,0 +1,119 @@
+"""Feature part of a recommender batch, read from the feature store (docs/interfaces.md).
+
+    batch = gather(store_path, user_ids, item_ids, views=("ic", "od", "sn"))
+    # {"ic": (n, 512) float32, "has_ic": (n,) bool, "od": ..., "sn": (n, d), "has_sn": ...}
+
+Image views are keyed by item id, the user view by user id. Missing rows (a failed image,
+a user outside the graph) are the documented fallback: a zero vector and `has_* = False`,
+counted in `last_missing` and logged. A view absent from the store is an error before any
+read, naming the job that writes it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from models.errors import ModelError
+
+log = logging.getLogger("jobs")
+
+# feature key -> (default view, key space, job that writes it)
+VIEWS = {"ic": "image/vgg16@1", "od": "image/yolo@1", "sn": "user/node2vec@1"}
+KEYED_BY = {"ic": "item", "od": "item", "sn": "user"}
+WRITER = {"ic": "jobs.extract", "od": "jobs.extract", "sn": "jobs.embed_users"}
+CHUNK = 65536
+
+last_missing: dict[str, int] = {}
+
+
+class MissingViewError(ModelError):
+    """A model needs a store view (or a store) that is not there; names the job that writes it."""  # feature -> rows without a stored vector in the last gather
+
+
+def resolve_views(views: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """("ic", "sn") or {"ic": "image/vgg16@2"} -> {feature: view name}."""
+    if isinstance(views, Mapping):
+        out = dict(views)
+    else:
+        out = {f: VIEWS.get(f, "") for f in views}
+    bad = sorted(f for f in out if f not in VIEWS)
+    if bad:
+        raise ModelError(f"unknown feature key(s) {bad}; valid: {sorted(VIEWS)}")
+    return out
+
+
+def _open_store(store_path: str | Path):
+    try:
+        from featurestore import Store
+    except ImportError as e:
+        raise ModelError(f"the feature store package is not importable ({e}); models reading features need it") from None
+    if not Path(store_path).exists():
+        raise MissingViewError(f"feature store {store_path} does not exist; run `python -m jobs.extract` / `python -m jobs.embed_users` first")
+    return Store.open(str(store_path), create=False, readonly=True)
+
+
+def check_views(store_path: str | Path, views: Sequence[str] | Mapping[str, str]) -> dict[str, dict]:
+    """{feature: {"view", "dim", "count", "producer"}} for the views; ModelError naming the job
+    that writes a missing one. Call before training so a missing view fails before work."""
+    views = resolve_views(views)
+    if not views:
+        return {}
+    store = _open_store(store_path)
+    have = set(store.list_views())
+    out = {}
+    for f, name in views.items():
+        if name not in have:
+            raise MissingViewError(f"view {name} ({f} features) is not in store {store_path} (it holds "
+                             f"{sorted(have) or 'no views'}); run `python -m {WRITER[f]}` first")
+        info = store.describe(name)
+        out[f] = {"view": name, "dim": int(info.dim), "count": int(getattr(info, "count", 0) or 0),
+                  "producer": getattr(info, "producer", {})}
+    return out
+
+
+def gather(store_path: str | Path, user_ids: np.ndarray, item_ids: np.ndarray,
+           views: Sequence[str] | Mapping[str, str] = ("ic", "od", "sn")) -> dict[str, np.ndarray]:
+    """Feature arrays for n posts (user_ids[j], item_ids[j]); zeros and has_*=False where missing."""
+    views = resolve_views(views)
+    store = _open_store(store_path) if views else None
+    user_ids, item_ids = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
+    out: dict[str, np.ndarray] = {}
+    last_missing.clear()
+    for f, name in views.items():
+        ids = item_ids if KEYED_BY[f] == "item" else user_ids
+        try:
+            reader = store.reader(name)  # type: ignore[union-attr]
+        except Exception as e:  # the store's own error names the view; keep its message
+            raise ModelError(f"cannot read view {name} from {store_path}: {e}; run `python -m {WRITER[f]}`") from None
+        uniq, inverse = np.unique(ids, return_inverse=True)  # one read per distinct id
+        values, found = _read_all(reader, uniq)
+        out[f] = values[inverse]
+        out[f"has_{f}"] = found[inverse]
+        last_missing[f] = int((~out[f"has_{f}"]).sum())
+        if last_missing[f]:
+            log.info("features: %d of %d posts have no %s vector (zero vector, has_%s=False)",
+                     last_missing[f], len(ids), name, f)
+    return out
+
+
+def _read_all(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values float32 (n, dim), found bool (n,)) in chunks, zero rows where not found."""
+    vals, found = [], []
+    for s in range(0, max(len(ids), 1), CHUNK):
+        chunk = ids[s:s + CHUNK]
+        if not len(chunk):
+            break
+        v, ok = reader.get_many(chunk)
+        v = np.asarray(v, np.float32)
+        ok = np.asarray(ok, bool)
+        v[~ok] = 0.0
+        vals.append(v)
+        found.append(ok)
+    if not vals:
+        dim = int(getattr(reader, "dim", 0) or 0)
+        return np.zeros((0, dim), np.float32), np.zeros(0, bool)
+    return np.concatenate(vals), np.concatenate(found)

@@ -1,0 +1,563 @@
+"""Train the recommenders on the split: BPR on Ray workers, checkpoints, saved models (issue 6).
+
+    python -m jobs.train --out runs/demo --model PITF-IC-OD --num-workers 2
+    python -m jobs.train --out runs/demo --all --tune
+
+Pipeline: read split (train/val) → vocabularies → features from the store (only for models
+that need them; a missing view is an error before work) → [--tune: grid of lr × reg, best
+validation F1@5] → epochs (loss, validation F1@5 logged each) with a checkpoint after each
+→ `<out>/models/<MODEL>/{weights.safetensors, model.json}`.
+
+Distribution (`--num-workers N`, N ≥ 1): posts are partitioned by user over N Ray actors,
+so each user's factors live on one worker; each step sums the gradients of the tag tables,
+bias, projections and of items posted on several partitions with one torch.distributed
+all-reduce (gloo on CPU, NCCL on CUDA). Every worker takes the same number of steps with
+batch B·(its share), so N workers follow one worker's schedule. A dead worker makes the
+driver restart all workers from the last epoch's state (`--max-restarts`); a killed job
+re-run with the same arguments resumes from `<out>/checkpoints/<MODEL>/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import shutil
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
+from jobs._progress import Progress
+from jobs.errors import JobError
+from jobs.features import MissingViewError
+from models.errors import ModelError
+from models.recsys import get_model, list_models, required_features
+from models.recsys import io as recsys_io
+from models.recsys.bpr import LR_GRID, REG_GRID, BPRConfig, BPRTrainer, PostData, check_finite
+from models.recsys.evaluate import evaluate
+
+log = logging.getLogger("jobs")
+
+
+@dataclass
+class TrainConfig(ArchiveArgs, RayArgs):
+    """Flags of `python -m jobs.train`."""
+
+    model: str = arg("PITF-IC-OD", "model to train (see --all); one of models.recsys.list_models()")
+    all: bool = arg(False, "train every model; those needing a view the store lacks are skipped and reported")
+    split: str = arg("", "folder of {train,val}.parquet; empty: <out>/split")
+    epochs: int = arg(30, "training epochs (BPR: passes over the (post, tag) pairs)")
+    dim: int = arg(128, "factor dimension k of the factorization models")
+    lr: float = arg(0.05, "BPR learning rate α (ignored with --tune)")
+    reg: float = arg(1e-4, "BPR L2 strength λ (ignored with --tune)")
+    batch_size: int = arg(1024, "BPR samples per step over all workers")
+    tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5")
+    tune_epochs: int = arg(10, "epochs per grid point with --tune")
+    lr_grid: list[float] = arg(list(LR_GRID), "learning rates tried by --tune")
+    reg_grid: list[float] = arg(list(REG_GRID), "L2 strengths tried by --tune")
+    num_workers: int = arg(0, "Ray workers for BPR (0: train in this process, no Ray)")
+    device: str = arg("cpu", "cpu, cuda or auto (cuda when present)", choices=["cpu", "cuda", "auto"])
+    resume: bool = arg(True, "resume from <out>/checkpoints/<MODEL> when it was written with the same settings")
+    max_restarts: int = arg(2, "times a run restarts its workers from the last epoch after a worker dies")
+    hidden: int = arg(512, "hidden units per branch of the multi-label networks")
+    ml_lr: float = arg(0.01, "multi-label networks: SGD learning rate (paper: 0.01, momentum 0.9)")
+    ml_batch_size: int = arg(450, "multi-label networks: batch size (paper: 450)")
+    torch_threads: int = arg(0, "torch CPU threads in this process (0: torch's default; 1 is fastest for small dims)")
+    fail_at: str = arg("", "fault injection for tests: 'EPOCH:RANK' makes that Ray worker exit once in that epoch")
+
+
+# --------------------------------------------------------------------------- data
+
+
+@dataclass
+class SplitData:
+    """Training vocabularies and the train/val posts as index arrays."""
+
+    user_ids: np.ndarray  # (U,) int64, sorted: row r of the user table
+    item_ids: np.ndarray  # (I,) int64, sorted
+    tags: np.ndarray  # (T,) str, sorted: row t of the tag matrix
+    train: PostData
+    val: PostData
+    train_keys: tuple[np.ndarray, np.ndarray]  # (user_id, item_id) per train post, for features
+    val_keys: tuple[np.ndarray, np.ndarray]
+    dropped: dict[str, int]
+
+
+def _index(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Position of each value in the sorted vocab, -1 where absent."""
+    if not len(vocab):
+        return np.full(len(values), -1, np.int64)
+    at = np.searchsorted(vocab, values).clip(max=len(vocab) - 1)
+    return np.where(vocab[at] == values, at, -1).astype(np.int64)
+
+
+def _read(split_dir: Path, name: str) -> pa.Table:
+    path = split_dir / f"{name}.parquet"
+    if not path.is_file():
+        raise JobError(f"{path} does not exist; run `python -m jobs.prepare` first (or pass --split)")
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(path)
+    missing = [c for c in ("user_id", "item_id", "tags") if c not in t.column_names]
+    if missing:
+        raise JobError(f"{path} lacks column(s) {missing}; expected post_id, user_id, item_id, tags")
+    return t
+
+
+def _posts(t: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray, tags: np.ndarray) -> tuple[PostData, int]:
+    """PostData of a split table; tags outside the vocabulary are dropped and counted."""
+    flat = pc.list_flatten(t["tags"]).to_numpy(zero_copy_only=False).astype(str)
+    parent = pc.list_parent_indices(t["tags"]).to_numpy()
+    tix = _index(tags, flat)
+    keep = tix >= 0
+    counts = np.bincount(parent[keep], minlength=t.num_rows)
+    indptr = np.zeros(t.num_rows + 1, np.int64)
+    np.cumsum(counts, out=indptr[1:])
+    u = t["user_id"].to_numpy().astype(np.int64)
+    i = t["item_id"].to_numpy().astype(np.int64)
+    return PostData(_index(user_ids, u), _index(item_ids, i), indptr, tix[keep], len(tags)), int((~keep).sum())
+
+
+def load_split(split_dir: Path) -> SplitData:
+    """Vocabularies from train; val posts mapped onto them (unseen users/items -> -1)."""
+    train, val = _read(split_dir, "train"), _read(split_dir, "val")
+    if train.num_rows == 0:
+        raise JobError(f"{split_dir}/train.parquet has no posts; check jobs.prepare's p-core settings")
+    tags = np.unique(pc.list_flatten(train["tags"]).to_numpy(zero_copy_only=False).astype(str))
+    user_ids = np.unique(train["user_id"].to_numpy().astype(np.int64))
+    item_ids = np.unique(train["item_id"].to_numpy().astype(np.int64))
+    tr, _ = _posts(train, user_ids, item_ids, tags)
+    va, dropped = _posts(val, user_ids, item_ids, tags)
+    if dropped:
+        log.info("train: dropped %d validation tags never seen in training", dropped)
+    keys = lambda t: (t["user_id"].to_numpy().astype(np.int64), t["item_id"].to_numpy().astype(np.int64))  # noqa: E731
+    return SplitData(user_ids, item_ids, tags, tr, va, keys(train), keys(val),
+                     {"val_tags_unseen_in_train": dropped,
+                      "val_posts_unseen_user": int((va.user_index < 0).sum())})
+
+
+def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cache: dict) -> dict[str, dict]:
+    """Gather the features a model needs into data.train/val (cached across models)."""
+    from jobs.features import check_views, gather, last_missing
+
+    info = check_views(store, features)  # errors before any work
+    for f in features:
+        if f not in cache:
+            tr = gather(store, *data.train_keys, views=[f])
+            tr_missing = last_missing.get(f, 0)
+            va = gather(store, *data.val_keys, views=[f])
+            cache[f] = (tr, va, {"train_missing": tr_missing, "val_missing": last_missing.get(f, 0)})
+        tr, va, counts = cache[f]
+        data.train.features[f], data.train.has[f] = tr[f], tr[f"has_{f}"]
+        data.val.features[f], data.val.has[f] = va[f], va[f"has_{f}"]
+        info[f].update(counts)
+    return info
+
+
+# --------------------------------------------------------------------------- checkpoints
+
+
+class Checkpoints:
+    """`<dir>/epoch-NNNN/` (a saved model) + `latest.json`, both written atomically."""
+
+    def __init__(self, directory: Path, fingerprint: str, tags: list[str]) -> None:
+        self.dir, self.fingerprint, self.tags = directory, fingerprint, tags
+
+    def save(self, model: Any, epoch: int, history: list[dict]) -> None:
+        name = f"epoch-{epoch:04d}"
+        tmp = self.dir / f".{name}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        recsys_io.save(model, tmp, {"tags": self.tags})
+        shutil.rmtree(self.dir / name, ignore_errors=True)
+        os.replace(tmp, self.dir / name)
+        write_json(self.dir / "latest.json", {"epoch": epoch, "dir": name, "fingerprint": self.fingerprint,
+                                              "history": history})
+        for old in self.dir.glob("epoch-*"):
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def restore(self, model: Any) -> tuple[int, list[dict]]:
+        """(epochs done, history) after loading the latest state into model; (0, []) if none fits."""
+        path = self.dir / "latest.json"
+        if not path.is_file():
+            return 0, []
+        doc = json.loads(path.read_text())
+        if doc.get("fingerprint") != self.fingerprint:
+            log.info("train: checkpoint in %s was written with other settings; starting over", self.dir)
+            return 0, []
+        saved = recsys_io.load(self.dir / doc["dir"])
+        model.load_state_dict(saved.state_dict())
+        log.info("train: resuming %s from epoch %d", model.name, doc["epoch"])
+        return int(doc["epoch"]), list(doc["history"])
+
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- Ray workers
+
+
+class BPRWorker:
+    """One Ray actor: a partition of the posts (by user) and a BPRTrainer over it."""
+
+    def __init__(self, rank: int, world: int, name: str, hp: dict, state: dict, data: PostData,
+                 bpr: BPRConfig, total_pairs: int, shared_slot: np.ndarray | None, device: str,
+                 fail_at: str = "", fail_marker: str = "") -> None:
+        import torch
+
+        torch.set_num_threads(1)  # one CPU per actor; the actors are the parallelism
+        self.rank, self.world, self.device = rank, world, device
+        self.model = get_model(name, device=device, **hp)
+        self.model.load_state_dict(state)
+        self.args = (data, bpr, total_pairs, shared_slot)
+        self.fail_at, self.fail_marker = fail_at, fail_marker
+        self.trainer: BPRTrainer | None = None
+
+    def address(self) -> str:
+        import ray
+
+        with socket.socket() as s:
+            s.bind(("", 0))
+            port = s.getsockname()[1]
+        return f"tcp://{ray.util.get_node_ip_address()}:{port}"
+
+    def setup(self, init_method: str) -> bool:
+        from models.recsys.bpr import TorchDistSync
+
+        sync = None
+        if self.world > 1:
+            sync = TorchDistSync(init_method, self.rank, self.world, "nccl" if self.device == "cuda" else "gloo")
+        data, bpr, total, slot = self.args
+        self.trainer = BPRTrainer(self.model, data, bpr, total, self.rank, self.world, sync, slot)
+        return True
+
+    def run_epoch(self, epoch: int) -> tuple[float, int]:
+        if self.fail_at == f"{epoch}:{self.rank}" and not os.path.exists(self.fail_marker):
+            Path(self.fail_marker).parent.mkdir(parents=True, exist_ok=True)
+            Path(self.fail_marker).write_text("fired\n")
+            os._exit(1)  # a hard crash, as a lost node would look
+        return self.trainer.run_epoch(epoch)  # type: ignore[union-attr]
+
+    def owned_state(self) -> dict[str, Any]:
+        """Rows this worker owns (its users, its unshared items) and, on rank 0, the shared tensors."""
+        data, _, _, slot = self.args
+        p = {k: v.detach().cpu() for k, v in self.model.params.items()}
+        users = np.unique(data.user_index[data.user_index >= 0])
+        out: dict[str, Any] = {"user": (users, p["user"][users].numpy())}
+        if "item" in p:
+            items = np.unique(data.item_index[data.item_index >= 0])
+            if slot is not None:
+                items = items[slot[items] < 0] if self.rank else np.union1d(items, np.flatnonzero(slot >= 0))
+            out["item"] = (items, p["item"][items].numpy())
+        if self.rank == 0:
+            out.update({k: v.numpy() for k, v in p.items() if k not in ("user", "item")})
+        return out
+
+    def close(self) -> None:
+        if self.trainer is not None and self.trainer.sync is not None:
+            self.trainer.sync.close()
+
+
+def partition_by_user(data: PostData, world: int, seed: int) -> np.ndarray:
+    """Worker of each post: users in a seeded order cut into `world` runs of ~equal pair counts."""
+    pairs_per_post = np.diff(data.indptr)
+    n_users = int(data.user_index.max(initial=-1)) + 1
+    weight = np.bincount(data.user_index, weights=pairs_per_post, minlength=n_users)
+    order = np.random.default_rng(seed).permutation(n_users)
+    before = np.cumsum(weight[order]) - weight[order]  # pairs placed before each user
+    worker_of_user = np.empty(n_users, np.int64)
+    worker_of_user[order] = np.minimum((before * world // max(weight.sum(), 1)).astype(np.int64), world - 1)
+    return worker_of_user[data.user_index]
+
+
+class RayEngine:
+    """Drives N BPRWorker actors for one model; the driver's model mirrors theirs after each epoch."""
+
+    def __init__(self, model: Any, data: PostData, bpr: BPRConfig, cfg: TrainConfig, marker: Path,
+                 device: str = "cpu") -> None:
+        from jobs._ray import init_ray
+
+        init_ray(cfg.ray_address, cfg.num_cpus)
+        import ray
+
+        have = ray.cluster_resources().get("GPU" if device == "cuda" else "CPU", 0)
+        if cfg.num_workers > have:  # the actors would wait for resources forever
+            raise JobError(f"--num-workers {cfg.num_workers} needs {cfg.num_workers} "
+                           f"{'GPUs' if device == 'cuda' else 'CPUs'} but the Ray cluster has {have:g}; "
+                           "lower --num-workers or add nodes")
+        self.model, self.data, self.bpr, self.cfg, self.marker = model, data, bpr, cfg, marker
+        self.world, self.device = cfg.num_workers, device  # the workers' device; the driver's model stays on CPU
+        part = partition_by_user(data, self.world, bpr.seed)
+        self.parts = [data.subset(np.flatnonzero(part == r)) for r in range(self.world)]
+        self.total = len(data.pairs()[0])
+        self.slot = None
+        if "item" in model.params:  # items posted by users on several workers: synchronised rows
+            n_items = model.params["item"].shape[0]
+            seen = np.zeros((self.world, n_items), bool)
+            for r, p in enumerate(self.parts):
+                seen[r, p.item_index[p.item_index >= 0]] = True
+            shared = seen.sum(0) > 1
+            self.slot = np.where(shared, np.cumsum(shared) - 1, -1).astype(np.int64)
+        self.restarts = 0
+        self.workers: list[Any] = []
+        self._start()
+
+    def _start(self) -> None:
+        import ray
+
+        device = self.device
+        actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=0)(BPRWorker)
+        state = self.model.state_dict()
+        hp = self.model.hyperparameters
+        self.workers = [actor.remote(r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.bpr,
+                                     self.total, self.slot, device, self.cfg.fail_at, str(self.marker))
+                        for r in range(self.world)]
+        addr = ray.get(self.workers[0].address.remote())
+        ray.get([w.setup.remote(addr) for w in self.workers])
+
+    def _stop(self) -> None:
+        import ray
+
+        for w in self.workers:
+            ray.kill(w)
+        self.workers = []
+
+    def run_epoch(self, epoch: int) -> tuple[float, int]:
+        """Summed loss and samples over workers; restarts from the last epoch if a worker dies."""
+        import ray
+        from ray.exceptions import RayActorError, RayTaskError
+
+        while True:
+            try:
+                refs = [w.run_epoch.remote(epoch) for w in self.workers]
+                pending = refs
+                while pending:  # fail fast: a dead worker leaves its peers blocked in the all-reduce
+                    ready, pending = ray.wait(pending, num_returns=1)
+                    ray.get(ready[0])
+                out = ray.get(refs)
+                self._pull_state()
+                return sum(o[0] for o in out), sum(o[1] for o in out)
+            except (RayActorError, RayTaskError) as e:
+                if isinstance(e, RayTaskError) and isinstance(e.cause, (ModelError, JobError)):
+                    raise e.cause from None
+                # A dead actor, or a peer's collective failing because of it.
+                self._stop()
+                if self.restarts >= self.cfg.max_restarts:
+                    raise
+                self.restarts += 1
+                log.warning("train: a worker died in epoch %d; restarting %d workers from the last epoch "
+                            "(restart %d of %d)", epoch, self.world, self.restarts, self.cfg.max_restarts)
+                self._start()  # the driver's model holds the last completed epoch
+
+    def _pull_state(self) -> None:
+        import ray
+        import torch
+
+        params = self.model.params
+        for part in ray.get([w.owned_state.remote() for w in self.workers]):
+            for k, v in part.items():
+                if isinstance(v, tuple):
+                    idx, rows = v
+                    params[k][torch.from_numpy(np.array(idx, dtype=np.int64))] = torch.from_numpy(np.array(rows)).to(params[k].device)
+                else:
+                    params[k].copy_(torch.from_numpy(np.array(v)))
+
+    def close(self) -> None:
+        import ray
+
+        try:
+            ray.get([w.close.remote() for w in self.workers], timeout=30)
+        except Exception:  # a dying worker must not hide the training result
+            pass
+        self._stop()
+
+
+class LocalEngine:
+    """The same BPRTrainer in this process (no Ray): `--num-workers 0`."""
+
+    def __init__(self, model: Any, data: PostData, bpr: BPRConfig) -> None:
+        self.trainer = BPRTrainer(model, data, bpr, total_pairs=len(data.pairs()[0]))
+
+    def run_epoch(self, epoch: int) -> tuple[float, int]:
+        return self.trainer.run_epoch(epoch)
+
+    def close(self) -> None:
+        pass
+
+
+# --------------------------------------------------------------------------- training
+
+
+def _device(cfg: TrainConfig) -> str:
+    import torch
+
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise JobError("--device cuda: no CUDA device here; use --device cpu or auto")
+    return cfg.device
+
+
+def build(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str) -> Any:
+    """A fresh model sized to the split's vocabularies."""
+    if name.endswith("multilabel"):
+        return get_model(name, n_tags=len(data.tags), sn_dim=sn_dim, hidden=cfg.hidden, seed=cfg.seed,
+                         n_users=len(data.user_ids), n_items=len(data.item_ids), device=device)
+    return get_model(name, n_users=len(data.user_ids), n_items=len(data.item_ids), n_tags=len(data.tags),
+                     dim=cfg.dim, sn_dim=sn_dim, seed=cfg.seed, device=device)
+
+
+def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int, device: str,
+        ckpt: Checkpoints | None) -> tuple[Any, list[dict]]:
+    """Train one model for bpr.epochs epochs (resuming from ckpt); (model, per-epoch history)."""
+    # With Ray workers the driver only mirrors the factors (checkpoints, validation): CPU is enough.
+    model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 and not name.endswith("multilabel") else device)
+    start, history = ckpt.restore(model) if (ckpt and cfg.resume) else (0, [])
+    if model.kind == "multilabel":
+        return _fit_multilabel(model, data, cfg, bpr, ckpt, start, history)
+    engine = (RayEngine(model, data.train, bpr, cfg, (ckpt.dir if ckpt else Path(cfg.out)) / "fault-fired", device)
+              if cfg.num_workers > 0 else LocalEngine(model, data.train, bpr))
+    progress = Progress(f"train {name}", total=(bpr.epochs - start) * len(data.train.pairs()[0]), unit="samples")
+    try:
+        for epoch in range(start, bpr.epochs):
+            t0 = time.perf_counter()
+            loss, n = engine.run_epoch(epoch)
+            progress.update(n)  # ETA line at most every 5 s; the epoch line below always
+            _end_epoch(model, data, bpr, epoch, loss / max(n, 1), n / (time.perf_counter() - t0), history, ckpt)
+    finally:
+        engine.close()
+    return model, history
+
+
+def _end_epoch(model: Any, data: SplitData, bpr: BPRConfig, epoch: int, loss: float, rate: float,
+               history: list[dict], ckpt: Checkpoints | None) -> None:
+    check_finite(model, loss, epoch, {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size,
+                                      "dim": getattr(model, "dim", None)})
+    f1 = evaluate(model, data.val, ks=(5,))["f1@5"]
+    history.append({"epoch": epoch + 1, "loss": round(loss, 6), "val_f1@5": round(f1, 6),
+                    "samples_per_s": round(rate, 1)})
+    log.info("train %s: epoch %d/%d loss %.4f val F1@5 %.4f (%s samples/s)", model.name, epoch + 1,
+             bpr.epochs, loss, f1, f"{rate:,.0f}")
+    if ckpt is not None:
+        ckpt.save(model, epoch + 1, history)
+
+
+def _fit_multilabel(model: Any, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, ckpt: Checkpoints | None,
+                    start: int, history: list[dict]) -> tuple[Any, list[dict]]:
+    from models.recsys.multilabel import train_multilabel
+
+    if cfg.num_workers:
+        log.info("train %s: the multi-label nets train in this process (--num-workers applies to BPR)", model.name)
+
+    t0 = [time.perf_counter()]
+
+    def on_epoch(epoch: int, loss: float) -> None:
+        rate = len(data.train) / (time.perf_counter() - t0[0])
+        _end_epoch(model, data, dataclasses.replace(bpr, lr=cfg.ml_lr, reg=0.0, batch_size=cfg.ml_batch_size),
+                   epoch, loss, rate, history, ckpt)
+        t0[0] = time.perf_counter()
+
+    train_multilabel(model, data.train, bpr.epochs, lr=cfg.ml_lr, batch_size=cfg.ml_batch_size, seed=bpr.seed,
+                     start_epoch=start, on_epoch=on_epoch)
+    return model, history
+
+
+def tune(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str) -> tuple[BPRConfig, list[dict]]:
+    """Best (lr, reg) of the grids by validation F1@5 after cfg.tune_epochs epochs each."""
+    results = []
+    for lr in cfg.lr_grid:
+        for reg in cfg.reg_grid:
+            bpr = BPRConfig(lr=lr, reg=reg, batch_size=cfg.batch_size, epochs=cfg.tune_epochs, seed=cfg.seed)
+            try:
+                _, hist = fit(name, data, cfg, bpr, sn_dim, device, ckpt=None)
+                f1 = hist[-1]["val_f1@5"] if hist else 0.0
+            except ModelError as e:  # a diverging grid point is a result, not a failure
+                log.info("train %s: lr=%g reg=%g diverged (%s)", name, lr, reg, str(e).split(";")[0])
+                f1 = float("nan")
+            results.append({"lr": lr, "reg": reg, "val_f1@5": f1})
+            log.info("train %s: tune lr=%g reg=%g -> val F1@5 %.4f", name, lr, reg, f1)
+    ok = [r for r in results if r["val_f1@5"] == r["val_f1@5"]]
+    if not ok:
+        raise ModelError(f"{name}: every grid point diverged (lr {cfg.lr_grid}, reg {cfg.reg_grid}); lower the lr grid")
+    best = max(ok, key=lambda r: r["val_f1@5"])
+    return BPRConfig(lr=best["lr"], reg=best["reg"], batch_size=cfg.batch_size, epochs=cfg.epochs,
+                     seed=cfg.seed), results
+
+
+def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict[str, Any]:
+    """Features, optional tuning, training with checkpoints, the saved model; its summary."""
+    feats = required_features(name)
+    views = attach_features(data, cfg.store_path(), feats, cache) if feats else {}
+    sn_dim = int(views["sn"]["dim"]) if "sn" in views else 0
+    device = _device(cfg)
+    bpr, grid = BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed), list[dict]()
+    if cfg.tune and not name.endswith("multilabel"):  # the multi-label nets keep the paper's settings
+        bpr, grid = tune(name, data, cfg, sn_dim, device)
+    hp = {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size, "dim": cfg.dim, "hidden": cfg.hidden}
+    fp = _fingerprint(name, hp, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
+    ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
+    t0 = time.perf_counter()
+    model, history = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
+    val = evaluate(model, data.val, ks=tuple(range(1, 11)))
+    metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
+    training = {"epochs": bpr.epochs, "lr": bpr.lr if model.kind != "multilabel" else cfg.ml_lr,
+                "reg": bpr.reg, "batch_size": bpr.batch_size if model.kind != "multilabel" else cfg.ml_batch_size,
+                "num_workers": cfg.num_workers, "device": device, "seed": cfg.seed, "tuning": grid}
+    out_dir = Path(cfg.out) / "models" / name
+    recsys_io.save(model, out_dir, {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids,
+                                    "views": views, "metrics": metrics, "training": training,
+                                    "split": {"dir": str(_split_dir(cfg)), **data.dropped}})
+    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": bpr.epochs, "lr": training["lr"],
+            "reg": bpr.reg, "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _split_dir(cfg: TrainConfig) -> Path:
+    return Path(cfg.split) if cfg.split else Path(cfg.out) / "split"
+
+
+def run(cfg: TrainConfig) -> dict[str, Any]:
+    """Train --model (or --all); returns per-model summaries and the models skipped with why."""
+    names = list_models() if cfg.all else [cfg.model]
+    if not cfg.all and cfg.model not in list_models():
+        raise ModelError(f"unknown model {cfg.model!r}; valid: {', '.join(list_models())}")
+    if cfg.epochs < 1 or cfg.batch_size < 1 or cfg.dim < 1:
+        raise JobError(f"--epochs ({cfg.epochs}), --batch-size ({cfg.batch_size}) and --dim ({cfg.dim}) must be >= 1")
+    if cfg.num_workers < 0:
+        raise JobError(f"--num-workers must be >= 0, got {cfg.num_workers}")
+    if cfg.torch_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    data = load_split(_split_dir(cfg))
+    log.info("train: %d train posts, %d val posts, %d users, %d tags", len(data.train), len(data.val),
+             len(data.user_ids), len(data.tags))
+    models: dict[str, Any] = {}
+    skipped: dict[str, str] = {}
+    cache: dict[str, Any] = {}
+    for name in names:
+        try:
+            models[name] = train_one(name, data, cfg, cache)
+        except MissingViewError as e:
+            if not cfg.all:
+                raise
+            skipped[name] = str(e)
+            log.warning("train: skipping %s: %s", name, e)
+    return {"models": models, "skipped": skipped, "dropped": data.dropped}
+
+
+def main() -> None:
+    main_for("train", TrainConfig, run, __doc__.splitlines()[0])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""jobs.features.gather on a real LMDB store: values, missing-row fallback, missing views."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from jobs import features
+from models.errors import ModelError
+
+
+@pytest.fixture
+def store(tmp_path):
+    from featurestore import Store
+
+    s = Store.open(str(tmp_path / "store"), create=True)
+    s.create_view("image/yolo@1", 80, producer={"model": "test"})
+    s.create_view("user/node2vec@1", 4, dtype="float32", producer={"model": "test"})
+    with s.writer("image/yolo@1") as w:
+        w.put(np.array([10, 11, 12], np.int64), np.arange(240, dtype=np.float32).reshape(3, 80) / 240)
+    with s.writer("user/node2vec@1") as w:
+        w.put(np.array([1, 2], np.int64), np.array([[1, 2, 3, 4], [5, 6, 7, 8]], np.float32))
+    s.close()
+    return tmp_path / "store"
+
+
+def test_gather_values_and_fallback(store):
+    users = np.array([1, 2, 3, 1])  # user 3 has no vector
+    items = np.array([12, 99, 10, 12])  # item 99 failed extraction
+    b = features.gather(store, users, items, views=("od", "sn"))
+    assert b["od"].shape == (4, 80) and b["od"].dtype == np.float32
+    np.testing.assert_allclose(b["od"][0], np.arange(160, 240) / 240, atol=1e-3)  # float16 in the store
+    assert b["has_od"].tolist() == [True, False, True, True] and not b["od"][1].any()
+    assert b["has_sn"].tolist() == [True, True, False, True] and not b["sn"][2].any()
+    np.testing.assert_array_equal(b["sn"][1], [5, 6, 7, 8])
+    assert features.last_missing == {"od": 1, "sn": 1}
+    assert features.check_views(store, ["sn"])["sn"]["dim"] == 4
+
+
+def test_missing_view_and_store_name_the_fix(store, tmp_path):
+    with pytest.raises(ModelError, match=r"view image/vgg16@1 \(ic features\) is not in store .* jobs.extract"):
+        features.check_views(store, ["ic", "od"])
+    with pytest.raises(ModelError, match="does not exist; run `python -m jobs.extract`"):
+        features.gather(tmp_path / "nowhere", np.array([1]), np.array([1]), views=("od",))
+    with pytest.raises(ModelError, match=r"unknown feature key\(s\) \['xx'\]"):
+        features.gather(store, np.array([1]), np.array([1]), views=("xx",))

@@ -97,22 +97,21 @@ def baseline_topk(name: str, ts: TestSet, pairs: dict[str, np.ndarray]) -> np.nd
 def model_topk(model_dir: Path, ts: TestSet, store: Path) -> np.ndarray:
     """Top-10 tag indices (in the evaluation vocabulary) of a saved recommender on the test posts."""
     from jobs.features import gather
-    from models.recsys import load
+    from jobs.score import id_vocab, index_of, load_model, model_features, tag_vocabulary
+    from models.recsys.evaluate import topk_tags
 
-    model = load(model_dir)
-    batch = gather(store, ts.user_ids, ts.item_ids, views=model.views)
-    batch.update(model.encode(ts.user_ids, ts.item_ids))
-    scores = model.post_vectors(batch) @ model.tag_matrix().T  # (n, T_model)
-    k = min(K_MAX, scores.shape[1])
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1), axis=1, kind="stable"), 1)
-    # Map the model's tag vocabulary onto the evaluation vocabulary.
+    model = load_model(model_dir)
+    batch = gather(store, ts.user_ids, ts.item_ids, views=model_features(model))
+    batch["user_index"] = index_of(id_vocab(model, "user"), ts.user_ids)
+    batch["item_index"] = index_of(id_vocab(model, "item"), ts.item_ids)
+    top = topk_tags(model, batch, K_MAX)  # (n, <=K) indices into the model's vocabulary
+    # Map the model's tag vocabulary onto the evaluation vocabulary (both from the same train split).
     vocab = np.asarray(ts.tags)
-    mtags = np.asarray(model.tags)
+    mtags = np.asarray(tag_vocabulary(model))
     pos = np.clip(np.searchsorted(vocab, mtags), 0, max(len(vocab) - 1, 0))
     mapped = np.where(vocab[pos] == mtags, pos, -1)
     out = np.full((len(ts.post_ids), K_MAX), -1, dtype=np.int64)
-    out[:, :k] = mapped[order]
+    out[:, : top.shape[1]] = mapped[top]
     return out
 
 
@@ -194,7 +193,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     (out / "evaluation.md").write_text("\n".join(md))
     if cfg.plot and results:
         plot_f1(results, out / "f1_at_k.png")
-    print(markdown_table(results))
+    print(markdown_table(results, ks=(1, 5, 10)))
     return {"models": sorted(results), "test_posts": len(ts.post_ids),
             "f1@5": {k: round(v["f1@5"], 4) for k, v in results.items()},
             "outputs": [str(out / "evaluation.json"), str(out / "evaluation.md")]}

@@ -59,3 +59,17 @@ def test_unknown_model_is_a_clear_error(tmp_path, capsys):
 def test_missing_split_says_which_stage_to_run(tmp_path, capsys):
     assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(tmp_path / "x")]) == 2
     assert "run `python -m jobs.prepare" in capsys.readouterr().err
+
+
+def test_evaluate_scores_a_saved_model_beside_the_baselines(tmp_path):
+    from jobs.train import TrainConfig
+    from jobs.train import run as train
+
+    posts = _personal_archive(tmp_path)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out), test_per_user=2))
+    train(TrainConfig(out=str(out), model="PITF", epochs=15, dim=16))
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out)]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    # PITF learns the users' own tags: far above the non-personal baseline.
+    assert ev["PITF"]["f1@3"] > ev["most-popular"]["f1@3"] + 0.15

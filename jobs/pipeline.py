@@ -41,8 +41,11 @@ class PipelineConfig(ArchiveArgs, SplitArgs, RayArgs):
     random_weights: bool = arg(False, "use seeded random CNN weights (the store records it); "
                                       "on by default for the synthetic demo")
     backend: str = arg("auto", "inference backend: auto, cpu, cuda, tensorrt")
-    all: bool = arg(True, "train every registered model (else --model)")
-    model: str = arg("PITF-IC-OD", "the model to train and score when --no-all")
+    vgg_size: int = arg(224, "VGG16 input size (224: what torchvision's weights expect)")
+    yolo_size: int = arg(448, "built-in YOLOv2 input size")
+    train_workers: int = arg(0, "Ray workers for BPR training (0: train in the driver process)")
+    all: bool = arg(True, "train every registered model (else only --model); evaluate compares all trained")
+    model: str = arg("PITF-IC-OD", "the model whose top-k tags `score` writes (and the one trained with --no-all)")
     train_epochs: int = arg(0, "training epochs of the recommenders (0: the train stage's default)")
     num_users: int = arg(60, "synthetic archive: users")
     num_posts: int = arg(400, "synthetic archive: posts")
@@ -75,8 +78,10 @@ def _overrides(stage: str, cfg: PipelineConfig, synthetic: bool) -> dict[str, An
     o: dict[str, Any] = {}
     if synthetic and not (cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx):
         o["random_weights"] = True
-    if stage == "train" and cfg.train_epochs:
-        o["epochs"] = cfg.train_epochs
+    if stage == "train":
+        if cfg.train_epochs:
+            o["epochs"] = cfg.train_epochs
+        o["num_workers"] = cfg.train_workers
     return o
 
 

@@ -58,7 +58,9 @@ def save(model: Any, directory: str | Path, meta: dict[str, Any]) -> Path:
         ids = np.arange(sizes[key], dtype=np.int64) if ids is None else np.asarray(ids, np.int64)
         tensors[key] = torch.from_numpy(np.ascontiguousarray(ids))
     tmp = d / (WEIGHTS + ".tmp")
-    save_file(tensors, str(tmp), metadata={"format": FORMAT, "name": model.name})
+    # One metadata key only: safetensors writes its metadata map in hash order, so two keys
+    # could give equal weights a different file digest, hence a new model id and a rescore.
+    save_file(tensors, str(tmp), metadata={"format": FORMAT})
     os.replace(tmp, d / WEIGHTS)
     doc = {"format": FORMAT, "name": model.name, "kind": model.kind,
            "hyperparameters": model.hyperparameters, "tags": tags,

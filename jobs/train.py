@@ -39,10 +39,18 @@ from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs.errors import JobError
 from jobs.features import MissingViewError
-from models.errors import ModelError
+from models.errors import ModelError, NumericalError
 from models.recsys import get_model, list_models, required_features
 from models.recsys import io as recsys_io
-from models.recsys.bpr import LR_GRID, REG_GRID, BPRConfig, BPRTrainer, PostData, check_finite
+from models.recsys.bpr import (
+    LR_GRID,
+    MAX_ROW_SAMPLES,
+    REG_GRID,
+    BPRConfig,
+    BPRTrainer,
+    PostData,
+    check_finite,
+)
 from models.recsys.evaluate import evaluate
 
 log = logging.getLogger("jobs")
@@ -53,13 +61,19 @@ class TrainConfig(ArchiveArgs, RayArgs):
     """Flags of `python -m jobs.train`."""
 
     model: str = arg("PITF-IC-OD", "model to train (see --all); one of models.recsys.list_models()")
-    all: bool = arg(False, "train every model; those needing a view the store lacks are skipped and reported")
+    all: bool = arg(False, "train every model; those needing a view the store lacks are skipped, those "
+                           "that diverge are recorded as failed (summary 'failed'), both reported; exits 0 "
+                           "when at least one model trained")
     split: str = arg("", "folder of {train,val}.parquet; empty: <out>/split")
     epochs: int = arg(30, "training epochs (BPR: passes over the (post, tag) pairs)")
     dim: int = arg(128, "factor dimension k of the factorization models")
     lr: float = arg(0.05, "BPR learning rate α (ignored with --tune)")
     reg: float = arg(1e-4, "BPR L2 strength λ (ignored with --tune)")
     batch_size: int = arg(1024, "BPR samples per step over all workers")
+    max_row_samples: int = arg(MAX_ROW_SAMPLES, "BPR step rule: a parameter row touched by more samples "
+                                                "in one step moves their mean gradient times this (keeps "
+                                                "the step of projections and tag rows bounded whatever "
+                                                "the batch size)")
     tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5")
     tune_epochs: int = arg(10, "epochs per grid point with --tune")
     lr_grid: list[float] = arg(list(LR_GRID), "learning rates tried by --tune")
@@ -422,6 +436,8 @@ def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: in
     """Train one model for bpr.epochs epochs (resuming from ckpt); (model, per-epoch history)."""
     # With Ray workers the driver only mirrors the factors (checkpoints, validation): CPU is enough.
     model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 and not name.endswith("multilabel") else device)
+    if model.kind == "factorization":  # centres from all training posts, before workers copy the state
+        model.fit_centre(data.train.batch())
     start, history = ckpt.restore(model) if (ckpt and cfg.resume) else (0, [])
     if model.kind == "multilabel":
         return _fit_multilabel(model, data, cfg, bpr, ckpt, start, history)
@@ -477,7 +493,8 @@ def tune(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str)
     results = []
     for lr in cfg.lr_grid:
         for reg in cfg.reg_grid:
-            bpr = BPRConfig(lr=lr, reg=reg, batch_size=cfg.batch_size, epochs=cfg.tune_epochs, seed=cfg.seed)
+            bpr = BPRConfig(lr=lr, reg=reg, batch_size=cfg.batch_size, epochs=cfg.tune_epochs, seed=cfg.seed,
+                            max_row_samples=cfg.max_row_samples)
             try:
                 _, hist = fit(name, data, cfg, bpr, sn_dim, device, ckpt=None)
                 f1 = hist[-1]["val_f1@5"] if hist else 0.0
@@ -491,7 +508,7 @@ def tune(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str)
         raise ModelError(f"{name}: every grid point diverged (lr {cfg.lr_grid}, reg {cfg.reg_grid}); lower the lr grid")
     best = max(ok, key=lambda r: r["val_f1@5"])
     return BPRConfig(lr=best["lr"], reg=best["reg"], batch_size=cfg.batch_size, epochs=cfg.epochs,
-                     seed=cfg.seed), results
+                     seed=cfg.seed, max_row_samples=cfg.max_row_samples), results
 
 
 def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict[str, Any]:
@@ -500,10 +517,11 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     views = attach_features(data, cfg.store_path(), feats, cache) if feats else {}
     sn_dim = int(views["sn"]["dim"]) if "sn" in views else 0
     device = _device(cfg)
-    bpr, grid = BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed), list[dict]()
+    bpr, grid = BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed, cfg.max_row_samples), list[dict]()
     if cfg.tune and not name.endswith("multilabel"):  # the multi-label nets keep the paper's settings
         bpr, grid = tune(name, data, cfg, sn_dim, device)
-    hp = {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size, "dim": cfg.dim, "hidden": cfg.hidden}
+    hp = {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size, "dim": cfg.dim, "hidden": cfg.hidden,
+          "max_row_samples": bpr.max_row_samples, "centred": True}
     fp = _fingerprint(name, hp, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
     ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
     t0 = time.perf_counter()
@@ -512,6 +530,7 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
     training = {"epochs": bpr.epochs, "lr": bpr.lr if model.kind != "multilabel" else cfg.ml_lr,
                 "reg": bpr.reg, "batch_size": bpr.batch_size if model.kind != "multilabel" else cfg.ml_batch_size,
+                "max_row_samples": bpr.max_row_samples,
                 "num_workers": cfg.num_workers, "device": device, "seed": cfg.seed, "tuning": grid}
     out_dir = Path(cfg.out) / "models" / name
     recsys_io.save(model, out_dir, {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids,
@@ -534,6 +553,8 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise JobError(f"--epochs ({cfg.epochs}), --batch-size ({cfg.batch_size}) and --dim ({cfg.dim}) must be >= 1")
     if cfg.num_workers < 0:
         raise JobError(f"--num-workers must be >= 0, got {cfg.num_workers}")
+    if cfg.max_row_samples < 1:
+        raise JobError(f"--max-row-samples must be >= 1, got {cfg.max_row_samples}")
     if cfg.torch_threads > 0:
         import torch
 
@@ -543,6 +564,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
              len(data.user_ids), len(data.tags))
     models: dict[str, Any] = {}
     skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     cache: dict[str, Any] = {}
     for name in names:
         try:
@@ -552,7 +574,18 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
                 raise
             skipped[name] = str(e)
             log.warning("train: skipping %s: %s", name, e)
-    return {"models": models, "skipped": skipped, "dropped": data.dropped}
+        except NumericalError as e:  # --all: one diverging model must not cost the others
+            if not cfg.all:
+                raise
+            failed[name] = str(e)
+            stale = Path(cfg.out) / "models" / name
+            log.error("train: FAILED %s: %s; no model saved for it%s; continuing with the others", name, e,
+                      f" ({stale} holds an earlier run's model, left as it was)" if stale.exists() else "")
+    if failed:
+        log.error("train: %d model(s) FAILED (diverged): %s", len(failed), ", ".join(failed))
+        if not models:
+            raise NumericalError(f"every model failed ({len(failed)}); first: {next(iter(failed.values()))}")
+    return {"models": models, "skipped": skipped, "failed": failed, "dropped": data.dropped}
 
 
 def main() -> None:

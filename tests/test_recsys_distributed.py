@@ -38,7 +38,8 @@ class ThreadSync:
 
 
 @pytest.mark.parametrize("name", ["PITF", "FM-IC-OD+SN"])
-def test_two_synced_partitions_equal_one_step_over_their_union(name):
+@pytest.mark.parametrize("cap", [32, 1])  # cap 1: shared items (1 sample per worker) scale too
+def test_two_synced_partitions_equal_one_step_over_their_union(name, cap):
     rng = np.random.default_rng(0)
     n_users, n_items, n_tags, k = 6, 5, 9, 4
     posts = PostData.from_lists(
@@ -57,7 +58,7 @@ def test_two_synced_partitions_equal_one_step_over_their_union(name):
     shared = seen.all(0)
     slot = np.where(shared, np.cumsum(shared) - 1, -1)
     sync = ThreadSync(2)
-    cfg = BPRConfig(lr=0.1, reg=0.01, batch_size=8)
+    cfg = BPRConfig(lr=0.1, reg=0.01, batch_size=8, max_row_samples=cap)
     trainers = [BPRTrainer(replicas[r], posts.subset(np.flatnonzero(part == r)), cfg, 8, r, 2,
                            sync.for_rank(r), slot) for r in range(2)]
     # One step: each rank takes all its posts with the first tag as t+ and a fixed t-.
@@ -78,7 +79,7 @@ def test_two_synced_partitions_equal_one_step_over_their_union(name):
     order = np.concatenate([np.flatnonzero(part == 0), np.flatnonzero(part == 1)])
     inp = single.inputs(posts.batch(order))
     bpr_step_fused(single, inp, torch.cat([b[1] for b in batches]), torch.cat([b[2] for b in batches]),
-                   cfg.lr, cfg.reg)
+                   cfg.lr, cfg.reg, cap=cap)
     for key, want in single.params.items():
         for r, rep in enumerate(replicas):
             got = rep.params[key]

@@ -143,8 +143,8 @@ def test_bad_batches_name_the_key():
 
 
 @pytest.mark.parametrize("name", ["PITF", "FM", "PITF-IC-OD+SN", "FM-IC-OD+SN", "PITF-OD", "FM-IC"])
-@pytest.mark.parametrize("seed", [0, 1])
-def test_fused_and_autograd_steps_match_the_reference(name, seed):
+@pytest.mark.parametrize("seed,cap", [(0, 32), (1, 32), (0, 2)])  # cap 2: the crowded-row rule fires
+def test_fused_and_autograd_steps_match_the_reference(name, seed, cap):
     rng = np.random.default_rng(seed)
     b = _batch(n=12, seed=seed)
     b["user_index"][5] = b["user_index"][6]  # a repeated user row must get both updates
@@ -155,9 +155,9 @@ def test_fused_and_autograd_steps_match_the_reference(name, seed):
         m.params = {k: v + 0.3 * torch.randn_like(v) for k, v in m.params.items()}  # nonzero bias too
         m.params = {k: v.clone() for k, v in models[0].params.items()}
     inp = models[0].inputs(b)
-    loss_ref = bpr_step_reference(models[0], inp, pos, neg, lr=0.1, reg=0.01)
-    loss_fused = bpr_step_fused(models[1], inp, pos, neg, lr=0.1, reg=0.01)
-    loss_auto = bpr_step_autograd(models[2], inp, pos, neg, lr=0.1, reg=0.01)
+    loss_ref = bpr_step_reference(models[0], inp, pos, neg, lr=0.1, reg=0.01, cap=cap)
+    loss_fused = bpr_step_fused(models[1], inp, pos, neg, lr=0.1, reg=0.01, cap=cap)
+    loss_auto = bpr_step_autograd(models[2], inp, pos, neg, lr=0.1, reg=0.01, cap=cap)
     assert float(loss_fused) == pytest.approx(float(loss_auto), rel=1e-5)
     assert float(loss_fused) <= loss_ref  # the reference's total includes the L2 term
     for k in models[0].params:
@@ -237,7 +237,8 @@ def test_social_multilabel_beats_visual_only(synth):
 
 
 @pytest.mark.parametrize("name", ["PITF", "PITF-IC-OD+SN", "FM-IC-OD"])
-def test_fused_step_on_distinct_posts_equals_per_sample(name):
+@pytest.mark.parametrize("cap", [32, 3])
+def test_fused_step_on_distinct_posts_equals_per_sample(name, cap):
     rng = np.random.default_rng(5)
     b = _batch(n=6, seed=5)
     rows = torch.as_tensor(rng.integers(0, 6, 20))  # 20 samples over 6 posts, repeats included
@@ -246,8 +247,49 @@ def test_fused_step_on_distinct_posts_equals_per_sample(name):
     a, c = _build(name, seed=2), _build(name, seed=2)
     per_post = a.inputs(b)
     per_sample = {k: v.index_select(0, rows) for k, v in per_post.items()}
-    la = bpr_step_fused(a, per_post, pos, neg, lr=0.1, reg=0.01, rows=rows)
-    lc = bpr_step_fused(c, per_sample, pos, neg, lr=0.1, reg=0.01)
+    la = bpr_step_fused(a, per_post, pos, neg, lr=0.1, reg=0.01, rows=rows, cap=cap)
+    lc = bpr_step_fused(c, per_sample, pos, neg, lr=0.1, reg=0.01, cap=cap)
     assert float(la) == pytest.approx(float(lc), rel=1e-6)
     for k in a.params:
         torch.testing.assert_close(a.params[k], c.params[k], rtol=1e-5, atol=1e-6)
+
+
+def test_saving_the_same_weights_twice_gives_the_same_digest(tmp_path):
+    import json
+
+    from models.recsys import get_model, save
+
+    for run in range(2):
+        torch.manual_seed(0)
+        m = get_model("PITF", n_users=3, n_items=4, n_tags=5, dim=4)
+        save(m, tmp_path / f"m{run}", {"tags": [f"t{i}" for i in range(5)]})
+    digests = [json.loads((tmp_path / f"m{r}" / "model.json").read_text())["weights_sha256"] for r in range(2)]
+    assert digests[0] == digests[1]
+
+
+def test_feature_centre_is_fitted_saved_and_applied(tmp_path):
+    """Centred features: unit rows minus the training mean unit row, unit again; missing rows
+    stay zero; the centre travels with the weights; weights saved without one load uncentred."""
+    m = _build("PITF-IC-OD+SN", seed=1)
+    b = _batch()
+    before = m.post_vectors(b)
+    m.fit_centre(b)
+    unit = b["ic"] / np.linalg.norm(b["ic"], axis=1, keepdims=True)
+    want_centre = unit[b["has_ic"]].mean(0)
+    np.testing.assert_allclose(m.centres["ic"].numpy(), want_centre, rtol=1e-5, atol=1e-6)
+    inp = m.inputs(b)
+    want = unit - want_centre
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    want[~b["has_ic"]] = 0.0
+    np.testing.assert_allclose(inp["ic"].numpy(), want, rtol=1e-4, atol=1e-6)
+    assert not np.allclose(m.post_vectors(b), before)
+    save(m, tmp_path / "m", {"tags": [f"t{i}" for i in range(T)]})
+    back = load(tmp_path / "m")
+    np.testing.assert_array_equal(back.post_vectors(b), m.post_vectors(b))
+    old = {k: v for k, v in m.state_dict().items() if not k.startswith("centre_")}  # a pre-centring model
+    fresh = _build("PITF-IC-OD+SN", seed=1)
+    fresh.load_state_dict(old)
+    assert not fresh.centres["ic"].any()
+    bad = {**m.state_dict(), "centre_od": torch.zeros(3)}
+    with pytest.raises(ModelError, match=r"'centre_od' has shape \(3,\), expected \(80,\)"):
+        fresh.load_state_dict(bad)

@@ -162,6 +162,8 @@ def test_unknown_model_and_missing_split_are_user_errors(tmp_path):
         jt.run(cfg(tmp_path, model="PITF-XX"))
     with pytest.raises(JobError, match="jobs.prepare"):
         jt.run(cfg(tmp_path, model="PITF"))
+    with pytest.raises(JobError, match="--max-row-samples must be >= 1, got 0"):
+        jt.run(cfg(tmp_path, model="PITF", max_row_samples=0))
 
 
 def test_unseen_validation_tags_are_dropped_and_counted(tmp_path):
@@ -199,3 +201,81 @@ def test_more_workers_than_cpus_is_a_user_error(tmp_path, ray_local):
     write_archive(tmp_path, with_store=False)
     with pytest.raises(JobError, match="--num-workers 5 needs 5 CPUs but the Ray cluster has 2"):
         jt.run(cfg(tmp_path, model="PITF", num_workers=5))
+
+
+def _most_popular_f1(data: jt.SplitData) -> float:
+    from models.metrics import metrics_at_k
+
+    top = np.argsort(-np.bincount(data.train.indices, minlength=len(data.tags)), kind="stable")[:5]
+    return metrics_at_k(np.tile(top, (len(data.val), 1)), data.val.indptr, data.val.indices, ks=(5,))["f1@5"]
+
+
+def test_collinear_relu_features_with_one_batch_per_epoch_stay_finite_and_learn(tmp_path):
+    """The demo's divergence: non-negative, nearly collinear image features (like ReLU + GAP
+    activations of a random CNN: cosine ~0.99 between any two), the whole epoch in one batch
+    (batch size 4096 > pairs), every other setting the job's default (lr, reg, dim, epochs).
+    Summed over the batch, the projections' gradients added up along the common direction
+    and training diverged in epoch 26; centring + the capped row step must keep it finite."""
+    s = write_archive(tmp_path, n_users=60)
+    from featurestore import Store
+
+    rng = np.random.default_rng(1)
+    common = {"ic": np.abs(rng.normal(size=512)) * 6, "od": np.abs(rng.normal(size=80)) * 3}
+    store = Store.open(str(tmp_path / "store"), create=False)
+    for f, name in (("ic", "image/vgg16@1"), ("od", "image/yolo@1")):
+        ids = np.concatenate([_table(s.train, 0)["item_id"].to_numpy(), _table(s.test, 0)["item_id"].to_numpy()])
+        vecs = np.concatenate([s.train[f], s.test[f]]) + common[f].astype(np.float32)
+        with store.writer(name) as w:
+            w.put(ids, vecs)
+    store.close()
+    data = jt.load_split(tmp_path / "split")
+    defaults = jt.TrainConfig(out=str(tmp_path))
+    assert len(data.train.pairs()[0]) < 4096  # one step per epoch
+    out = jt.run(jt.TrainConfig(out=str(tmp_path), model="PITF-IC-OD", batch_size=4096))
+    m = load(tmp_path / "models" / "PITF-IC-OD")
+    hist = m.meta["metrics"]["history"]
+    assert len(hist) == defaults.epochs and all(np.isfinite(h["loss"]) for h in hist)
+    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    mp = _most_popular_f1(data)
+    assert out["models"]["PITF-IC-OD"]["val_f1@5"] > mp + 0.15, (out["models"], mp)
+    # The centre was fitted on the training posts, saved, and is what scoring subtracts.
+    centre = m.centres["ic"].numpy()
+    x = s.train["ic"] + common["ic"]
+    want = (x / np.linalg.norm(x, axis=1, keepdims=True)).mean(0)
+    np.testing.assert_allclose(centre, want, rtol=1e-3, atol=1e-5)
+
+
+def test_all_records_a_diverging_model_and_trains_the_others(tmp_path, monkeypatch, caplog):
+    """--all: a NumericalError in one model is a result (summary 'failed'), not the job's end;
+    exit code 0 while one model trained. Fault injection: FM's training raises, as a
+    divergence would (the divergence itself is real in the single-model case below)."""
+    write_archive(tmp_path, with_store=False)
+    from jobs._cli import run_job
+    from models.errors import NumericalError
+
+    real = jt.train_one
+
+    def diverging_fm(name, *a, **kw):
+        if name == "FM":
+            raise NumericalError("FM: training diverged (loss nan) in epoch 3 with lr=9; lower --lr or raise --reg")
+        return real(name, *a, **kw)
+
+    monkeypatch.setattr(jt, "train_one", diverging_fm)
+    code = run_job("train", jt.TrainConfig, jt.run, ["--out", str(tmp_path), "--all", "--dim", "8", "--epochs", "1"])
+    assert code == 0
+    summary = json.loads((tmp_path / "reports" / "train.summary.json").read_text())
+    assert set(summary["models"]) == {"PITF"}
+    assert summary["failed"] == {"FM": "FM: training diverged (loss nan) in epoch 3 with lr=9; lower --lr or raise --reg"}
+    assert "FAILED FM" in caplog.text
+    assert not (tmp_path / "models" / "FM").exists()
+
+
+def test_single_diverging_model_exits_2_with_one_line(tmp_path, capsys):
+    write_archive(tmp_path, with_store=False)
+    from jobs._cli import run_job
+
+    code = run_job("train", jt.TrainConfig, jt.run, ["--out", str(tmp_path), "--model", "FM", "--dim", "8",
+                                                     "--epochs", "2", "--lr", "1e30"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: train: FM: training diverged") and "lr=1e+30" in err

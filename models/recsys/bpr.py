@@ -7,6 +7,18 @@ gradients of the *summed* per-sample loss `-ln σ(x) + λ/2 Σ_touched ||θ||²`
 touched twice gets two updates and the dense projections (touched by every sample) get B
 regularisation terms — the same per-sample semantics as the paper, batched.
 
+Crowded rows (`max_row_samples`, the step rule): sequential per-sample updates correct
+themselves (after a few, σ(-x) falls), but n gradients taken at the same point and summed
+move a row n times as far. For a sparse row (a user, an item) n is small and the batched
+sum is Algorithm 1; for a row every sample touches (the projections W_Z/W_O/W_S, the tag
+rows and bias of frequent tags) n grows with the batch, and with coherent inputs the step
+along the common direction is ~n·α: the step size would depend on the batch size, and
+large batches diverge. So each row's gradient (a table row, or a whole projection matrix)
+summed over the n samples that touched it in the step is scaled by min(1, C / n), C =
+`max_row_samples`: up to C samples it is exactly the paper's update, beyond that the mean
+gradient times C — a step bounded independently of the batch size. n counts samples over
+*all* workers (summed in the same all-reduce), so N workers still take one worker's step.
+
 Three steps with one meaning, tested against each other:
 
 - `bpr_step_fused`  — the training step: hand-written gradients, one gather per table,
@@ -20,8 +32,9 @@ Three steps with one meaning, tested against each other:
 `BPRTrainer` runs epochs over one partition of the posts. With `world > 1` (one trainer
 per worker, posts partitioned by user) the user rows stay local and the tag tables, bias,
 projections and the rows of items posted on several partitions are summed across workers
-with one all-reduce per step (`TorchDistSync`), so N workers with batch B/N each take the
-same steps as one worker with batch B.
+with one all-reduce per step (`TorchDistSync`), together with how many samples touched each
+of them (the step rule's n), so N workers with batch B/N each take the same steps as one
+worker with batch B.
 """
 
 from __future__ import annotations
@@ -43,6 +56,11 @@ from models.recsys.factorization import FactorizationModel, score_reference
 LR_GRID = (0.01, 0.05, 0.1)
 REG_GRID = (1e-5, 1e-4, 1e-3)
 
+# C of the step rule (module docstring). Small enough that a projection or tag row moving
+# C samples' worth of coherent gradient at the default lr stays stable; large enough that
+# sparse rows (users, items: a handful of samples per step) follow Algorithm 1 exactly.
+MAX_ROW_SAMPLES = 32
+
 Grads = dict[str, "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]  # dense, or (row idx, row values)
 
 
@@ -55,6 +73,7 @@ class BPRConfig:
     batch_size: int = 1024  # global samples per step (split over workers)
     epochs: int = 20
     seed: int = 0
+    max_row_samples: int = MAX_ROW_SAMPLES  # C: a row's step is at most C samples' worth
 
 
 # --------------------------------------------------------------------------- data
@@ -196,6 +215,49 @@ def bpr_grads(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torc
     return loss, grads
 
 
+def touch_counts(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
+                 neg: torch.Tensor, rows: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Samples that touched each row in this step: {param: (rows,) float} for tables, 0-d for W_*.
+
+    Tag tables and bias count t+ and t- alike; user/item rows count samples with a seen (>= 0)
+    index; a projection is one "row" every sample touches.
+    """
+    dev = pos.device
+    out: dict[str, torch.Tensor] = {}
+    tags = torch.zeros(model.n_tags, device=dev).index_add_(
+        0, torch.cat([pos, neg]), torch.ones(2 * len(pos), device=dev))  # (T,)
+    for name, t in model.params.items():
+        if name in ("user", "item"):
+            idx = inp[name] if rows is None else inp[name].index_select(0, rows)  # (B,)
+            out[name] = torch.zeros(t.shape[0], device=dev).index_add_(
+                0, idx.clamp_min(0), (idx >= 0).to(torch.float32))
+        elif name.startswith("W_"):
+            out[name] = torch.tensor(float(len(pos)), device=dev)
+        else:  # tag tables, bias
+            out[name] = tags
+    return out
+
+
+def row_scale(count: torch.Tensor, cap: int) -> torch.Tensor:
+    """min(1, cap / count) per row (untouched rows: 1; their gradient is zero anyway)."""
+    return (cap / count.clamp_min(1e-30)).clamp(max=1.0)
+
+
+def cap_grads(grads: Grads, counts: dict[str, torch.Tensor], cap: int) -> Grads:
+    """The step rule: each row's summed gradient scaled by min(1, cap / samples that touched it)."""
+    out: Grads = {}
+    for name, gr in grads.items():
+        scale = row_scale(counts[name], cap)
+        if isinstance(gr, tuple):
+            f = scale.index_select(0, gr[0])  # (n,)
+            out[name] = (gr[0], gr[1] * (f[:, None] if gr[1].ndim == 2 else f))
+        elif scale.ndim == 0:
+            out[name] = gr * scale
+        else:  # a densified table: scale its rows
+            out[name] = gr * (scale[:, None] if gr.ndim == 2 else scale)
+    return out
+
+
 def apply_grads(model: FactorizationModel, grads: Grads, lr: float) -> None:
     """θ <- θ - lr * grad, scatter-adding row gradients (repeated rows add up)."""
     for name, gr in grads.items():
@@ -207,10 +269,12 @@ def apply_grads(model: FactorizationModel, grads: Grads, lr: float) -> None:
 
 @torch.no_grad()
 def bpr_step_fused(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
-                   neg: torch.Tensor, lr: float, reg: float, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """One BPR step in place (see `bpr_grads` for rows); returns the summed loss (0-d, not synchronised)."""
+                   neg: torch.Tensor, lr: float, reg: float, rows: torch.Tensor | None = None,
+                   cap: int = MAX_ROW_SAMPLES) -> torch.Tensor:
+    """One BPR step in place (see `bpr_grads` for rows, the module docstring for cap);
+    returns the summed loss (0-d, not synchronised)."""
     loss, grads = bpr_grads(model, inp, pos, neg, reg, rows)
-    apply_grads(model, grads, lr)
+    apply_grads(model, cap_grads(grads, touch_counts(model, inp, pos, neg, rows), cap), lr)
     return loss
 
 
@@ -230,26 +294,40 @@ def _touched_reg(model: FactorizationModel, params: dict[str, torch.Tensor], inp
 
 
 def bpr_step_reference(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
-                       neg: torch.Tensor, lr: float, reg: float) -> float:
-    """Slow, obviously correct: the per-sample loss from the formulas, autograd, one update."""
+                       neg: torch.Tensor, lr: float, reg: float, cap: int = MAX_ROW_SAMPLES) -> float:
+    """Slow, obviously correct: the per-sample loss from the formulas, autograd, one update
+    with each row's gradient scaled by min(1, cap / samples touching it), counted in a loop."""
     params = {k: v.detach().cpu().clone().requires_grad_(True) for k, v in model.params.items()}
     cpu_inp = {k: v.cpu() for k, v in inp.items()}
     total = torch.zeros(())
+    count = {k: torch.zeros(v.shape[0]) if not k.startswith("W_") else torch.zeros(1) for k, v in params.items()}
     for b in range(len(pos)):
         tp, tn = int(pos[b]), int(neg[b])
         x = score_reference(model, cpu_inp, b, tp, params) - score_reference(model, cpu_inp, b, tn, params)
         total = total - F.logsigmoid(x) + reg / 2 * _touched_reg(model, params, cpu_inp, b, tp, tn)
+        for k in params:
+            if k in ("user", "item"):
+                if int(cpu_inp[k][b]) >= 0:
+                    count[k][int(cpu_inp[k][b])] += 1
+            elif k.startswith("W_"):
+                count[k][0] += 1
+            else:  # tag tables, bias
+                count[k][tp] += 1
+                count[k][tn] += 1
     total.backward()
     with torch.no_grad():
         for k, v in params.items():
             grad = v.grad if v.grad is not None else torch.zeros_like(v)  # untouched table
-            model.params[k].copy_((v - lr * grad).to(model.device))
+            scale = torch.tensor([min(1.0, cap / float(c)) if c > 0 else 1.0 for c in count[k]])
+            scale = scale.reshape((-1,) + (1,) * (grad.ndim - 1)) if not k.startswith("W_") else scale[0]
+            model.params[k].copy_((v - lr * scale * grad).to(model.device))
     return float(total.detach())
 
 
 def bpr_step_autograd(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
-                      neg: torch.Tensor, lr: float, reg: float, rows: torch.Tensor | None = None) -> torch.Tensor:
-    """The plain torch step: vectorised forward, autograd (dense gradients), SGD update."""
+                      neg: torch.Tensor, lr: float, reg: float, rows: torch.Tensor | None = None,
+                      cap: int = MAX_ROW_SAMPLES) -> torch.Tensor:
+    """The plain torch step: vectorised forward, autograd (dense gradients), the capped SGD update."""
     params = {k: v.requires_grad_(True) for k, v in model.params.items()}
     blocks = model.blocks()
     x = torch.zeros(len(pos), device=pos.device)
@@ -273,9 +351,11 @@ def bpr_step_autograd(model: FactorizationModel, inp: dict[str, torch.Tensor], p
     loss = F.softplus(-x).sum()
     (loss + reg / 2 * r).backward()
     with torch.no_grad():
-        for v in params.values():
+        counts = touch_counts(model, inp, pos, neg)
+        for name, v in params.items():
             if v.grad is not None:  # a table no sample touched has no gradient
-                v.sub_(lr * v.grad)
+                scale = row_scale(counts[name], cap)
+                v.sub_(lr * v.grad * (scale.reshape((-1,) + (1,) * (v.ndim - 1)) if scale.ndim else scale))
             v.grad = None
             v.requires_grad_(False)
     return loss.detach()
@@ -358,7 +438,8 @@ class BPRTrainer:
             pos_t = torch.as_tensor(self.tag[chunk], device=dev)
             neg_t = torch.as_tensor(neg, device=dev)
             if self.world == 1:
-                loss_sum += bpr_step_fused(self.model, inp, pos_t, neg_t, cfg.lr, cfg.reg, rows_t)
+                loss_sum += bpr_step_fused(self.model, inp, pos_t, neg_t, cfg.lr, cfg.reg, rows_t,
+                                           cfg.max_row_samples)
             else:
                 loss_sum += self._synced_step(inp, pos_t, neg_t, rows_t)
         return float(loss_sum), n
@@ -368,8 +449,11 @@ class BPRTrainer:
                      rows: torch.Tensor | None = None) -> torch.Tensor:
         """Local rows updated locally; shared parameters' gradients summed across workers."""
         model, cfg = self.model, self.cfg
+        cap = cfg.max_row_samples
         loss, grads = bpr_grads(model, inp, pos, neg, cfg.reg, rows)
-        local: Grads = {"user": grads.pop("user")} if "user" in grads else {}
+        counts = touch_counts(model, inp, pos, neg, rows)
+        # Users live on one worker: local counts are global counts.
+        local: Grads = cap_grads({"user": grads.pop("user")}, counts, cap) if "user" in grads else {}
         dense: dict[str, torch.Tensor] = {}
         for name, gr in grads.items():
             if name == "item":
@@ -378,16 +462,27 @@ class BPRTrainer:
                 dense[name] = torch.zeros_like(model.params[name]).index_add_(0, gr[0], gr[1])
             else:
                 dense[name] = gr
+            dense[f"n:{name}"] = counts[name].reshape(-1).clone()  # summed with the gradients
         if "item" in grads:
             idx, vals = grads["item"]
             slot = self.shared_slot[idx] if self.shared_slot is not None else torch.full_like(idx, -1)
             mine = (slot < 0).to(vals.dtype)[:, None]  # masks by multiplication, as in bpr_grads
-            local["item"] = (idx, vals * mine)
+            local.update(cap_grads({"item": (idx, vals * mine)}, counts, cap))  # unshared items: local counts
             if self.n_shared:
+                s_idx = slot.clamp_min(0)
                 dense["item_shared"] = torch.zeros(self.n_shared, model.dim, device=idx.device).index_add_(
-                    0, slot.clamp_min(0), vals * (1 - mine))
+                    0, s_idx, vals * (1 - mine))
+                # samples per shared item on this worker (rows of `inp`, or of `rows`, that name it)
+                item_idx = inp["item"] if rows is None else inp["item"].index_select(0, rows)
+                it_slot = self.shared_slot[item_idx.clamp_min(0)]
+                dense["n:item_shared"] = torch.zeros(self.n_shared, device=idx.device).index_add_(
+                    0, it_slot.clamp_min(0), ((item_idx >= 0) & (it_slot >= 0)).to(vals.dtype))
         names = sorted(dense)
         self.sync.allreduce_([dense[k] for k in names])  # type: ignore[union-attr]
+        for name in [k for k in names if not k.startswith("n:")]:  # the rule, on global counts
+            g = dense[name]
+            scale = row_scale(dense.pop(f"n:{name}"), cap)  # (rows,); (1,) for a projection
+            dense[name] = g * scale.reshape((-1,) + (1,) * (g.ndim - 1))
         if "item_shared" in dense:
             model.params["item"].index_add_(0, self.shared_rows, dense.pop("item_shared"), alpha=-cfg.lr)
         apply_grads(model, {**local, **dense}, cfg.lr)
@@ -410,8 +505,12 @@ def train_bpr(model: FactorizationModel, data: PostData, cfg: BPRConfig, start_e
               on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
     """Single-process BPR for cfg.epochs epochs; on_epoch(epoch, mean loss) after each.
 
+    From epoch 0 the feature centres are first fitted on `data` (`fit_centre`).
+
     The same `BPRTrainer` a one-worker Ray job runs, so the two give identical factors.
     """
+    if start_epoch == 0:  # a resumed model keeps the centres it was trained with
+        model.fit_centre(data.batch())
     trainer = BPRTrainer(model, data, cfg, total_pairs=len(data.pairs()[0]))
     losses = []
     for epoch in range(start_epoch, cfg.epochs):

@@ -16,8 +16,16 @@ each a tag table (T, k) paired with a post-side vector that is a sum of *compone
 `post_vectors` concatenates the blocks' post sides (and the 1), `tag_matrix` the tag tables
 (and w). The BPR steps in `bpr.py` work on the same blocks.
 
-Feature vectors enter L2-normalised (zero where missing): VGG16 pooled activations vary in
-scale from image to image, and a unit scale lets one learning-rate grid serve IC, OD and SN.
+Feature vectors enter L2-normalised, centred and L2-normalised again (zero where missing):
+VGG16 pooled activations vary in scale from image to image, and a unit scale lets one
+learning-rate grid serve IC, OD and SN. Centring (`fit_centre`, the mean unit vector of the
+training posts, saved with the weights as `centre_<f>`) matters because the image features
+are non-negative (ReLU + global average pooling; YOLO probabilities): their unit vectors all
+lie in one orthant and share one dominant direction (cosine ~0.9 between random images with
+random CNN weights). Uncentred, every sample's gradient of a projection W is nearly the same
+outer product, a batch of B samples adds them up coherently, and the effective step along
+that direction is ~B·lr (the demo diverged so); the common direction also carries no
+information about which tag fits. Centred, what is left is what tells images apart.
 Unseen users/items (index -1) contribute a zero row.
 """
 
@@ -76,6 +84,18 @@ def l2_normalise(x: torch.Tensor, has: torch.Tensor) -> torch.Tensor:
     return torch.where(has[:, None] & (norm > 1e-12), x / norm, torch.zeros_like(x))
 
 
+def centre_features(x: torch.Tensor, has: torch.Tensor, centre: torch.Tensor | None) -> torch.Tensor:
+    """Unit rows, minus the training mean of unit rows, unit again; missing rows stay zero. (n, d) -> (n, d).
+
+    Normalising first keeps an image's overall activation scale from weighting the mean;
+    normalising again restores the unit scale the learning rates assume.
+    """
+    x = l2_normalise(x, has)
+    if centre is None or not bool(centre.any()):
+        return x
+    return l2_normalise(x - centre[None, :], has)
+
+
 def _tensor(x: np.ndarray | torch.Tensor, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     if not torch.is_tensor(x):
         x = np.asarray(x)
@@ -112,6 +132,8 @@ class FactorizationModel:
         self.sn_dim = sn_dim if self.spec.social else 0
         self.init_std, self.seed = init_std, seed
         self.params = self._init_params(torch.Generator().manual_seed(seed))
+        # Per-feature centres (d,) subtracted in `inputs`; zero (no centring) until `fit_centre`.
+        self.centres = {f: torch.zeros(self._feature_dim(f)) for f in self.spec.features}
         self.to(device)
 
     # ------------------------------------------------------------------ structure
@@ -131,6 +153,9 @@ class FactorizationModel:
         if s.has_bias:
             out["bias"] = (T,)
         return out
+
+    def _feature_dim(self, f: str) -> int:
+        return self.sn_dim if f == "sn" else FEATURE_DIMS[f]
 
     def blocks(self) -> list[tuple[str, tuple[str, ...]]]:
         """[(tag table, components of its post-side vector)] in `post_vectors` order."""
@@ -166,7 +191,24 @@ class FactorizationModel:
 
     def to(self, device: str | torch.device) -> FactorizationModel:
         self.params = {k: v.to(device).contiguous() for k, v in self.params.items()}
+        self.centres = {k: v.to(device).contiguous() for k, v in self.centres.items()}
         return self
+
+    @torch.no_grad()
+    def fit_centre(self, batch: Mapping[str, np.ndarray | torch.Tensor]) -> None:
+        """Set each feature's centre to the mean unit vector of the posts in `batch` that have it.
+
+        Called once on the whole training split before training (the driver, not a worker,
+        so every worker centres alike); the centres travel in `state_dict`.
+        """
+        n = len(batch["user_index"])
+        for f in self.spec.features:
+            if f not in batch:
+                raise ModelError(f"{self.name} needs batch key {f!r} ({f} features) and has_{f}")
+            has = _tensor(batch.get(f"has_{f}", np.ones(n, bool)), torch.bool, self.device)
+            x = l2_normalise(_tensor(batch[f], torch.float32, self.device), has)  # (n, d)
+            k = int((has & (x.abs().sum(1) > 0)).sum())
+            self.centres[f] = x.sum(0) / max(k, 1)
 
     # ------------------------------------------------------------------ inputs and scores
 
@@ -188,7 +230,7 @@ class FactorizationModel:
             want = self.params[f"W_{f}"].shape[0]
             if x.ndim != 2 or x.shape != (n, want):
                 raise ModelError(f"{self.name}: batch[{f!r}] has shape {tuple(x.shape)}, expected ({n}, {want})")
-            out[f] = l2_normalise(x, has)
+            out[f] = centre_features(x, has, self.centres.get(f))
         return out
 
     def component(self, comp: str, inp: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -218,7 +260,10 @@ class FactorizationModel:
         return torch.cat(cols, 1).float().cpu().numpy()
 
     def state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v.detach().cpu().contiguous() for k, v in self.params.items()}
+        """Parameters, plus `centre_<f>` (d,) for each feature the model reads."""
+        out = {k: v.detach().cpu().contiguous() for k, v in self.params.items()}
+        out.update({f"centre_{f}": v.detach().cpu().contiguous() for f, v in self.centres.items()})
+        return out
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         """Copy tensors in, checking names and shapes (ModelError naming the first mismatch)."""
@@ -230,6 +275,12 @@ class FactorizationModel:
             if tuple(state[k].shape) != shape:
                 raise ModelError(f"{self.name}: tensor {k!r} has shape {tuple(state[k].shape)}, expected {shape}")
         self.params = {k: state[k].to(self.device, torch.float32).contiguous().clone() for k in want}
+        for f in self.spec.features:  # a model saved before centring existed: no centre (zeros)
+            c = state.get(f"centre_{f}")
+            if c is not None and tuple(c.shape) != (self._feature_dim(f),):
+                raise ModelError(f"{self.name}: tensor 'centre_{f}' has shape {tuple(c.shape)}, "
+                                 f"expected ({self._feature_dim(f)},)")
+            self.centres[f] = (torch.zeros(self._feature_dim(f)) if c is None else c.float().clone()).to(self.device)
 
 
 def score_reference(model: FactorizationModel, inp: dict[str, torch.Tensor], n: int, t: int,

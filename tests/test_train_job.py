@@ -19,13 +19,7 @@ from models.recsys._synthetic import make_synthetic
 SN_DIM = 16
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one thread avoids spin-waiting on a shared 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("torch_one_thread")
 
 
 def _table(part: dict, offset: int) -> pa.Table:

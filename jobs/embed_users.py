@@ -41,6 +41,7 @@ log = logging.getLogger("jobs")
 
 VIEW = "user/node2vec@1"
 WRITE_BATCH = 65_536
+SHARD_BYTES = 64 * 1024**2  # cap on one walk task's output (see run_walks)
 
 
 @dataclass
@@ -153,17 +154,27 @@ def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None
 
     init_ray(cfg.ray_address, cfg.num_cpus)
     starts = start_order(graph, cfg.seed)
-    n_shards = cfg.shards or 4 * max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
+    # Shards small enough that one result stays under SHARD_BYTES (a task's output is held in the
+    # worker, the object store and the driver at once), and at most 2 per CPU in flight: at
+    # 10^6 users x 10 x 80 the walks are 3.2 GB, and 8 shards of 400 MB, all submitted at once,
+    # held ~2.5 KB per user of memory (issue 9). Walks do not depend on the shard count.
+    walk_bytes = cfg.walks_per_node * cfg.walk_length * 4
+    n_shards = cfg.shards or max(4 * cpus, -(-int(starts.size) * walk_bytes // SHARD_BYTES))
     n_shards = max(1, min(n_shards, starts.size))
     # Put the CSR arrays once; every task maps them zero-copy.
     refs = [ray.put(a) for a in (graph.indptr, graph.indices, graph.weights, row_cumsum(graph))]
     walk_kw = dict(walk_length=cfg.walk_length, walks_per_node=cfg.walks_per_node, p=cfg.p, q=cfg.q, seed=cfg.seed)
     task = ray.remote(num_cpus=1)(_walk_task)
-    pending = {task.remote(*refs, s, graph.n_nodes, walk_kw): i  # type: ignore[call-arg]
-               for i, s in enumerate(np.array_split(starts, n_shards))}
+    splits = np.array_split(starts, n_shards)
+    pending: dict[Any, int] = {}
+    nxt = 0
     done: list[np.ndarray] = [np.zeros((0, 0, 0), np.int32)] * n_shards
     prog = Progress("embed_users walks", total=int(starts.size) * cfg.walks_per_node, unit="walks")
-    while pending:
+    while pending or nxt < n_shards:
+        while nxt < n_shards and len(pending) < 2 * cpus:  # backpressure: bounded work in flight
+            pending[task.remote(*refs, splits[nxt], graph.n_nodes, walk_kw)] = nxt  # type: ignore[call-arg]
+            nxt += 1
         ready, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ready[0])
         arr = ray.get(ready[0])  # (walks_per_node, shard size, walk_length)

@@ -181,20 +181,35 @@ def read_posts_sorted(cfg: ScoreConfig, vocab: list[str]) -> dict[str, np.ndarra
     path = cfg.posts_path()
     if not path.is_file():
         raise InputError(f"posts file {path} does not exist; pass --posts or run python -m jobs.synth")
-    cols: dict[str, list] = {"post_id": [], "user_id": [], "item_id": [], "tags": []}
+    # Streamed: each row group's tags become CSR indices (int32) at once, so the archive's tag
+    # strings are never held whole (at 10^7 posts the Arrow tags column and its sorted copy
+    # cost ~2.6 GB in the driver, issue 9); only compact int arrays are kept.
+    value_set = pa.array(vocab, pa.string())
+    n = pq.ParquetFile(path).metadata.num_rows        # preallocated: no list of parts + concatenated copy
+    out = {c: np.empty(n, np.int64) for c in ("post_id", "user_id", "item_id")}
+    row_len, n_tags = np.empty(n, np.int64), np.empty(n, np.int64)
+    indices, at = [], 0
     for b in iter_posts(path, columns=("post_id", "user_id", "item_id", "tags")):
-        for c in cols:
-            cols[c].append(b.column(c))
-    ids = {c: np.concatenate([a.to_numpy(zero_copy_only=False) for a in cols[c]]).astype(np.int64)
-           if cols[c] else np.zeros(0, np.int64) for c in ("post_id", "user_id", "item_id")}
-    tags = pa.chunked_array(cols["tags"], type=pa.list_(pa.string())).combine_chunks() if cols["tags"] \
-        else pa.array([], pa.list_(pa.string()))
-    n_tags = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-    selected = _selection(cfg, ids["post_id"], n_tags)
-    order = np.argsort(ids["post_id"], kind="stable")
-    out = {c: v[order] for c, v in ids.items()}
-    out["selected"] = selected[order]
-    out["indptr"], out["indices"] = _own_tag_csr(tags.take(pa.array(order)), vocab)
+        m = b.num_rows
+        for c in out:
+            out[c][at:at + m] = b.column(c).to_numpy(zero_copy_only=False)
+        tags = b.column("tags")
+        ip, ix = _own_tag_csr(tags, value_set)
+        row_len[at:at + m] = np.diff(ip)
+        n_tags[at:at + m] = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
+        indices.append(ix)
+        at += m
+    flat = np.concatenate(indices).astype(np.int32, copy=False) if indices else np.zeros(0, np.int32)
+    selected = _selection(cfg, out["post_id"], n_tags)
+    indptr = np.zeros(len(row_len) + 1, np.int64)
+    np.cumsum(row_len, out=indptr[1:])
+    if len(out["post_id"]) > 1 and not bool((np.diff(out["post_id"]) > 0).all()):  # not yet sorted
+        order = np.argsort(out["post_id"], kind="stable")
+        out = {c: v[order] for c, v in out.items()}
+        selected = selected[order]
+        indptr, flat = _sub_csr(indptr, flat, order)
+    out["selected"] = selected
+    out["indptr"], out["indices"] = indptr, flat
     return out
 
 
@@ -232,10 +247,11 @@ def read_post_ids_file(path: str) -> np.ndarray:
         raise InputError(f"--post-ids-file {path}: {bad!r} is not a post id (one integer per line)") from None
 
 
-def _own_tag_csr(tags: pa.Array, vocab: list[str]) -> tuple[np.ndarray, np.ndarray]:
+def _own_tag_csr(tags: pa.Array, vocab: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
     """list<string> -> CSR (indptr int64 (n+1,), indices int32) over the model's vocabulary."""
     lens = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-    idx = pc.index_in(pc.list_flatten(tags), value_set=pa.array(vocab, pa.string()))
+    value_set = vocab if isinstance(vocab, pa.Array) else pa.array(vocab, pa.string())
+    idx = pc.index_in(pc.list_flatten(tags), value_set=value_set)
     known = pc.is_valid(idx).to_numpy(zero_copy_only=False)
     row = np.repeat(np.arange(len(lens)), lens)[known]
     indices = pc.drop_null(idx).to_numpy(zero_copy_only=False).astype(np.int32)

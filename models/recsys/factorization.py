@@ -41,6 +41,7 @@ from models.errors import ModelError
 
 FAMILIES = ("PITF", "FM")
 CONTENTS = {"": (), "-IC": ("ic",), "-OD": ("od",), "-IC-OD": ("ic", "od")}
+CENTRE_CHUNK = 65536  # posts per chunk in fit_centre: bounds its float32 working copy
 FEATURE_DIMS = {"ic": 512, "od": 80}  # sn: the store view's dim, given at construction
 _BASES = ("PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD")  # the order
 NAMES = _BASES + tuple(b + "+SN" for b in _BASES)
@@ -205,10 +206,14 @@ class FactorizationModel:
         for f in self.spec.features:
             if f not in batch:
                 raise ModelError(f"{self.name} needs batch key {f!r} ({f} features) and has_{f}")
-            has = _tensor(batch.get(f"has_{f}", np.ones(n, bool)), torch.bool, self.device)
-            x = l2_normalise(_tensor(batch[f], torch.float32, self.device), has)  # (n, d)
-            k = int((has & (x.abs().sum(1) > 0)).sum())
-            self.centres[f] = x.sum(0) / max(k, 1)
+            has_all = batch.get(f"has_{f}", np.ones(n, bool))
+            total, k = torch.zeros(batch[f].shape[-1], device=self.device), 0
+            for s in range(0, n, CENTRE_CHUNK):  # chunks: no float32 copy of every post at once
+                has = _tensor(has_all[s:s + CENTRE_CHUNK], torch.bool, self.device)
+                x = l2_normalise(_tensor(batch[f][s:s + CENTRE_CHUNK], torch.float32, self.device), has)  # (c, d)
+                k += int((has & (x.abs().sum(1) > 0)).sum())
+                total += x.sum(0)
+            self.centres[f] = total / max(k, 1)
 
     # ------------------------------------------------------------------ inputs and scores
 

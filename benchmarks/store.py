@@ -92,11 +92,8 @@ def raw_get(path: str, q: np.ndarray, dim: int, dtype) -> np.ndarray:
     return arr.astype(dtype) if dtype is not None else arr
 
 
-def raw_scan(path: str, n: int, dim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
-    env, db = _raw_env(path)
-    ids = np.empty(n, np.int64)
-    vals = np.empty((n, dim), dtype or np.float16)
-    pos = 0
+def _raw_batches(env, db):
+    """(keys, values) tuples of up to SCAN_BATCH entries, by plain cursor iteration."""
     with env.begin() as txn:
         cur = txn.cursor(db)
         cur.first()
@@ -104,12 +101,20 @@ def raw_scan(path: str, n: int, dim: int, dtype) -> tuple[np.ndarray, np.ndarray
         while True:
             items = list(islice(it, SCAN_BATCH))
             if not items:
-                break
-            ks, vs = zip(*items)
-            m = len(ks)
-            ids[pos:pos + m] = np.frombuffer(b"".join(ks), ">u8")
-            vals[pos:pos + m] = np.frombuffer(b"".join(vs), "<f2").reshape(m, dim)
-            pos += m
+                return
+            yield tuple(zip(*items))
+
+
+def raw_scan(path: str, n: int, dim: int, dtype) -> tuple[np.ndarray, np.ndarray]:
+    env, db = _raw_env(path)
+    ids = np.empty(n, np.int64)
+    vals = np.empty((n, dim), dtype or np.float16)
+    pos = 0
+    for ks, vs in _raw_batches(env, db):
+        m = len(ks)
+        ids[pos:pos + m] = np.frombuffer(b"".join(ks), ">u8")
+        vals[pos:pos + m] = np.frombuffer(b"".join(vs), "<f2").reshape(m, dim)
+        pos += m
     env.close()
     return ids, vals
 
@@ -120,23 +125,15 @@ def raw_export(path: str, out: str, dim: int) -> None:
 
     env, db = _raw_env(path)
     w = None
-    with env.begin() as txn:
-        cur = txn.cursor(db)
-        cur.first()
-        it = cur.iternext()
-        while True:
-            items = list(islice(it, SCAN_BATCH))
-            if not items:
-                break
-            ks, vs = zip(*items)
-            m = len(ks)
-            ids = np.frombuffer(b"".join(ks), ">u8").astype(np.int64)
-            v = np.frombuffer(b"".join(vs), "<f2").astype(np.float32)
-            col = pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * dim, dim, dtype=np.int32)), pa.array(v))
-            rb = pa.RecordBatch.from_pydict({"id": pa.array(ids), "vector": col})
-            if w is None:
-                w = pq.ParquetWriter(out, rb.schema, compression="zstd")
-            w.write_batch(rb)
+    for ks, vs in _raw_batches(env, db):
+        m = len(ks)
+        ids = np.frombuffer(b"".join(ks), ">u8").astype(np.int64)
+        v = np.frombuffer(b"".join(vs), "<f2").astype(np.float32)
+        col = pa.ListArray.from_arrays(pa.array(np.arange(0, (m + 1) * dim, dim, dtype=np.int32)), pa.array(v))
+        rb = pa.RecordBatch.from_pydict({"id": pa.array(ids), "vector": col})
+        if w is None:
+            w = pq.ParquetWriter(out, rb.schema, compression="zstd")
+        w.write_batch(rb)
     w.close()
     env.close()
 

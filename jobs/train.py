@@ -159,14 +159,37 @@ def load_split(split_dir: Path) -> SplitData:
                       "val_posts_unseen_user": int((va.user_index < 0).sum())})
 
 
+SPILL_PREFIX = ".train-features-"  # + "<pid>-<random>": a killed job's files are removed by the next
+
+
+def _remove_stale_spills(parent: Path) -> None:
+    """Delete spill directories left by train jobs that were killed (their pid is gone)."""
+    for d in parent.glob(f"{SPILL_PREFIX}*"):
+        pid = d.name[len(SPILL_PREFIX):].split("-", 1)[0]
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            log.info("train: removing %s, left by a killed run", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cache: dict) -> dict[str, dict]:
-    """Gather the features a model needs into data.train/val (cached across models)."""
+    """Gather the features a model needs into data.train/val (cached across models).
+
+    Training features are spilled to memory-mapped files in a temporary directory beside the
+    store (deleted when `cache` is dropped): they grow with the archive, 1.2 KB per post for
+    IC + OD in float16, and in the page cache they do not count against the job's heap
+    (issue 9). Validation features (one holdout post per user at most) stay in memory.
+    """
+    import tempfile
+
     from jobs.features import check_views, gather, last_missing
 
     info = check_views(store, features)  # errors before any work
+    if features and "_spill" not in cache:
+        _remove_stale_spills(Path(store).parent)
+        cache["_spill"] = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=Path(store).parent)
     for f in features:
         if f not in cache:
-            tr = gather(store, *data.train_keys, views=[f], compact=True)
+            tr = gather(store, *data.train_keys, views=[f], compact=True, spill_dir=cache["_spill"].name)
             tr_missing = last_missing.get(f, 0)
             va = gather(store, *data.val_keys, views=[f], compact=True)
             cache[f] = (tr, va, {"train_missing": tr_missing, "val_missing": last_missing.get(f, 0)})

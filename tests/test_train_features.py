@@ -44,3 +44,37 @@ def test_missing_view_and_store_name_the_fix(store, tmp_path):
         features.gather(tmp_path / "nowhere", np.array([1]), np.array([1]), views=("od",))
     with pytest.raises(ModelError, match=r"unknown feature key\(s\) \['xx'\]"):
         features.gather(store, np.array([1]), np.array([1]), views=("xx",))
+
+
+@pytest.mark.parametrize("compact", [False, True])
+def test_spilled_gather_equals_in_memory(store, tmp_path, monkeypatch, compact):
+    """Spilled to memory-mapped files (training at archive scale): the same values, dtype and
+    fallbacks as the in-memory gather, across several read chunks and with repeated ids."""
+    monkeypatch.setattr(features, "CHUNK", 3)  # several chunks, a repeated id inside one
+    users = np.array([1, 2, 3, 1, 2, 2, 9])
+    items = np.array([12, 99, 10, 12, 11, 11, 10])
+    want = features.gather(store, users, items, views=("od", "sn"), compact=compact)
+    want_missing = dict(features.last_missing)
+    got = features.gather(store, users, items, views=("od", "sn"), compact=compact, spill_dir=tmp_path / "spill")
+    assert features.last_missing == want_missing == {"od": 1, "sn": 2}
+    for k in want:
+        assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
+        np.testing.assert_array_equal(got[k], want[k])
+    assert isinstance(got["od"], np.memmap) and not got["od"].flags.writeable  # read-only map, not heap
+    assert got["od"].dtype == (np.float16 if compact else np.float32)
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "spill").iterdir()) == ["od", "sn"]
+
+
+def test_train_removes_spills_of_killed_runs_only(tmp_path):
+    import os
+
+    from jobs import train
+
+    dead = tmp_path / f"{train.SPILL_PREFIX}999999999-abc"  # no such pid
+    alive = tmp_path / f"{train.SPILL_PREFIX}{os.getpid()}-def"
+    other = tmp_path / "store"
+    for d in (dead, alive, other):
+        d.mkdir()
+        (d / "f.npy").write_bytes(b"x")
+    train._remove_stale_spills(tmp_path)
+    assert not dead.exists() and alive.exists() and other.exists()

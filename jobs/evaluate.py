@@ -97,11 +97,12 @@ def baseline_topk(name: str, ts: TestSet, pairs: dict[str, np.ndarray]) -> np.nd
 def model_topk(model_dir: Path, ts: TestSet, store: Path) -> np.ndarray:
     """Top-10 tag indices (in the evaluation vocabulary) of a saved recommender on the test posts."""
     from jobs.features import gather
-    from jobs.score import id_vocab, index_of, load_model, model_features, tag_vocabulary
+    from models.recsys import load
     from models.recsys.evaluate import topk_tags
+    from models.recsys.saved import feature_views, id_vocab, index_of, tag_vocabulary
 
-    model = load_model(model_dir)
-    batch = gather(store, ts.user_ids, ts.item_ids, views=model_features(model))
+    model = load(model_dir)
+    batch = gather(store, ts.user_ids, ts.item_ids, views=feature_views(model))
     batch["user_index"] = index_of(id_vocab(model, "user"), ts.user_ids)
     batch["item_index"] = index_of(id_vocab(model, "item"), ts.item_ids)
     top = topk_tags(model, batch, K_MAX)  # (n, <=K) indices into the model's vocabulary

@@ -18,11 +18,12 @@ from pathlib import Path
 import numpy as np
 
 from models.errors import ModelError
+from models.recsys.saved import DEFAULT_FEATURE_VIEWS
 
 log = logging.getLogger("jobs")
 
 # feature key -> (default view, key space, job that writes it)
-VIEWS = {"ic": "image/vgg16@1", "od": "image/yolo@1", "sn": "user/node2vec@1"}
+VIEWS = DEFAULT_FEATURE_VIEWS
 KEYED_BY = {"ic": "item", "od": "item", "sn": "user"}
 WRITER = {"ic": "jobs.extract", "od": "jobs.extract", "sn": "jobs.embed_users"}
 CHUNK = 65536

@@ -52,6 +52,9 @@ from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs.errors import InputError, JobError
 from models.errors import ModelError
+from models.recsys.saved import IdIndex, id_vocab, index_of, tag_vocabulary  # noqa: F401 (index_of: jobs.score API)
+from models.recsys.saved import feature_views as model_features
+from models.recsys.saved import uses_item_factor as model_uses_item_factor
 
 log = logging.getLogger("jobs.score")
 
@@ -60,7 +63,6 @@ FLAG_NAMES = {FLAG_NO_IC: "no_ic", FLAG_NO_OD: "no_od", FLAG_NO_USER_VECTOR: "no
               FLAG_UNSEEN_USER: "unseen_user", FLAG_UNSEEN_ITEM: "unseen_item"}
 FEATURE_FLAG = {"ic": FLAG_NO_IC, "od": FLAG_NO_OD, "sn": FLAG_NO_USER_VECTOR}
 # The store views a feature comes from unless the model's model.json names others.
-DEFAULT_FEATURE_VIEWS = {"ic": "image/vgg16@1", "od": "image/yolo@1", "sn": "user/node2vec@1"}
 
 
 @dataclasses.dataclass
@@ -117,55 +119,6 @@ def model_id(model: Any, model_dir: Path) -> str:
                 h.update(chunk)
         digest = h.hexdigest()
     return f"{meta.get('name') or model_dir.name}-{digest[:12]}"
-
-
-def model_features(model: Any) -> dict[str, str]:
-    """Feature key (ic, od, sn) -> the store view the model reads.
-
-    model.json "views" as jobs.train writes it ({"ic": {"view": "image/vgg16@1", "dim": ...}}),
-    or {"ic": "image/vgg16@1"}; the default views where it names none.
-    """
-    from models.recsys import required_features
-
-    meta = getattr(model, "meta", {}) or {}
-    views = meta.get("views") or {}
-    views = views if isinstance(views, dict) else {}
-    out = {}
-    for f in required_features(meta.get("name") or model.name):
-        v = views.get(f)
-        v = v.get("view") if isinstance(v, dict) else v
-        out[f] = str(v or DEFAULT_FEATURE_VIEWS[f])
-    return out
-
-
-def model_uses_item_factor(model: Any) -> bool:
-    """Whether an unseen item loses a learned term (PITF/FM without content features)."""
-    spec = getattr(model, "spec", None)
-    return bool(getattr(spec, "has_item_factor", False))
-
-
-def tag_vocabulary(model: Any) -> list[str]:
-    """Tag names in tag-matrix row order (model.json "tags")."""
-    tags = getattr(model, "tags", None)
-    if not tags:
-        raise ModelError("model.json holds no tag vocabulary ('tags'); re-save the model with jobs.train")
-    return [str(t) for t in tags]
-
-
-def id_vocab(model: Any, which: str) -> np.ndarray:
-    """Training ids of users or items (row r of the factor table is ids[r])."""
-    ids = getattr(model, f"{which}_ids", None)
-    return np.zeros(0, np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-
-
-def index_of(vocab: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Position of each id in `vocab` (training order), -1 where unseen. (n,) -> (n,) int64."""
-    if len(vocab) == 0:
-        return np.full(len(ids), -1, dtype=np.int64)
-    order = np.argsort(vocab, kind="stable")
-    sv = vocab[order]
-    pos = np.searchsorted(sv, ids).clip(0, len(sv) - 1)
-    return np.where(sv[pos] == ids, order[pos], -1).astype(np.int64)
 
 
 # --------------------------------------------------------------------------- posts
@@ -293,8 +246,8 @@ class ScoreContext:
 
     model: Any
     tag_matrix: np.ndarray  # (T, D) float32
-    user_vocab: np.ndarray
-    item_vocab: np.ndarray
+    user_index: IdIndex  # user id -> row of the model's user factors (-1: unseen)
+    item_index: IdIndex
     views: dict[str, str]
     uses_item: bool
     store_path: str
@@ -317,8 +270,8 @@ def score_posts(ctx: ScoreContext, user_ids: np.ndarray, item_ids: np.ndarray,
         t0 = time.perf_counter()
         batch = gather_features(ctx.store_path, user_ids[s:e], item_ids[s:e], ctx.views)
         t1 = time.perf_counter()
-        batch["user_index"] = index_of(ctx.user_vocab, user_ids[s:e])
-        batch["item_index"] = index_of(ctx.item_vocab, item_ids[s:e])
+        batch["user_index"] = ctx.user_index(user_ids[s:e])
+        batch["item_index"] = ctx.item_index(item_ids[s:e])
         pv = np.asarray(ctx.model.post_vectors(batch), dtype=np.float32)  # (b, D)
         ip = ix = None
         if indptr is not None and indices is not None:
@@ -502,7 +455,7 @@ def plan(cfg: ScoreConfig) -> Plan:
     out_dir = Path(cfg.out) / "topk" / model_dir.name
     prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,
                               "producer": producer})
-    ctx = ScoreContext(model, tag_matrix, id_vocab(model, "user"), id_vocab(model, "item"), views,
+    ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")), views,
                        model_uses_item_factor(model), str(store_path), cfg.k, cfg.kernel, cfg.batch_size)
     return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts)
 

@@ -43,7 +43,7 @@ class PipelineConfig(ArchiveArgs, SplitArgs, RayArgs):
     backend: str = arg("auto", "inference backend: auto, cpu, cuda, tensorrt")
     vgg_size: int = arg(224, "VGG16 input size (224: what torchvision's weights expect)")
     yolo_size: int = arg(448, "built-in YOLOv2 input size")
-    train_workers: int = arg(0, "Ray workers for BPR training (0: train in the driver process)")
+    train_workers: int = arg(0, "Ray workers for training, BPR models and multi-label nets (0: train in the driver process)")
     all: bool = arg(True, "train every registered model (else only --model); evaluate compares all trained")
     model: str = arg("PITF-IC-OD", "the model whose top-k tags `score` writes (and the one trained with --no-all)")
     train_epochs: int = arg(0, "training epochs of the recommenders (0: the train stage's default)")

@@ -15,6 +15,13 @@ all-reduce (gloo on CPU, NCCL on CUDA). Every worker takes the same number of st
 batch B·(its share), so N workers follow one worker's schedule. A dead worker makes the
 driver restart all workers from the last epoch's state (`--max-restarts`); a killed job
 re-run with the same arguments resumes from `<out>/checkpoints/<MODEL>/`.
+
+The multi-label networks (`social-multilabel`, `visual-multilabel`) run on the same workers
+and process group, data-parallel: posts sharded by user, each step's gradients and post
+counts summed in one all-reduce and averaged, SGD with momentum; their momentum buffers are
+checkpointed with the weights (`optimizer.safetensors`), so a resumed run equals an
+uninterrupted one. Their epochs are `--ml-epochs` (default `--epochs`), raised on small
+archives to at least `--ml-min-steps` SGD steps.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import socket
@@ -52,6 +60,7 @@ from models.recsys.bpr import (
     check_finite,
 )
 from models.recsys.evaluate import evaluate
+from models.recsys.multilabel import TAG_REDUCTIONS, MultiLabelConfig, MultiLabelTrainer
 
 log = logging.getLogger("jobs")
 
@@ -78,13 +87,20 @@ class TrainConfig(ArchiveArgs, RayArgs):
     tune_epochs: int = arg(10, "epochs per grid point with --tune")
     lr_grid: list[float] = arg(list(LR_GRID), "learning rates tried by --tune")
     reg_grid: list[float] = arg(list(REG_GRID), "L2 strengths tried by --tune")
-    num_workers: int = arg(0, "Ray workers for BPR (0: train in this process, no Ray)")
+    num_workers: int = arg(0, "Ray workers (0: train in this process, no Ray); BPR and the multi-label nets")
     device: str = arg("cpu", "cpu, cuda or auto (cuda when present)", choices=["cpu", "cuda", "auto"])
     resume: bool = arg(True, "resume from <out>/checkpoints/<MODEL> when it was written with the same settings")
     max_restarts: int = arg(2, "times a run restarts its workers from the last epoch after a worker dies")
     hidden: int = arg(512, "hidden units per branch of the multi-label networks")
     ml_lr: float = arg(0.01, "multi-label networks: SGD learning rate (paper: 0.01, momentum 0.9)")
-    ml_batch_size: int = arg(450, "multi-label networks: batch size (paper: 450)")
+    ml_batch_size: int = arg(450, "multi-label networks: batch size over all workers (paper: 450)")
+    ml_momentum: float = arg(0.9, "multi-label networks: SGD momentum (paper: 0.9)")
+    ml_epochs: int = arg(0, "multi-label networks: epochs (0: --epochs)")
+    ml_min_steps: int = arg(60, "multi-label networks: at least this many SGD steps in all; with few batches "
+                                "per epoch (small archives) the epochs are raised to reach it (0: off)")
+    ml_tag_reduction: str = arg("sum", "multi-label networks: BCE summed over tags per post ('sum', the "
+                                       "paper's lr works at any tag count) or averaged ('mean', torch's "
+                                       "default: the gradient shrinks by 1/tags)", choices=list(TAG_REDUCTIONS))
     torch_threads: int = arg(0, "torch CPU threads in this process (0: torch's default; 1 is fastest for small dims)")
     fail_at: str = arg("", "fault injection for tests: 'EPOCH:RANK' makes that Ray worker exit once in that epoch")
 
@@ -204,16 +220,24 @@ def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cac
 
 
 class Checkpoints:
-    """`<dir>/epoch-NNNN/` (a saved model) + `latest.json`, both written atomically."""
+    """`<dir>/epoch-NNNN/` (a saved model, plus `optimizer.safetensors` when the optimizer has
+    state) + `latest.json`, both written atomically."""
+
+    OPTIMIZER = "optimizer.safetensors"
 
     def __init__(self, directory: Path, fingerprint: str, tags: list[str]) -> None:
         self.dir, self.fingerprint, self.tags = directory, fingerprint, tags
 
-    def save(self, model: Any, epoch: int, history: list[dict]) -> None:
+    def save(self, model: Any, epoch: int, history: list[dict], optimizer: dict[str, Any] | None = None) -> None:
+        """optimizer: tensors of the optimizer's state (momentum buffers), saved beside the weights."""
+        from safetensors.torch import save_file
+
         name = f"epoch-{epoch:04d}"
         tmp = self.dir / f".{name}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         recsys_io.save(model, tmp, {"tags": self.tags})
+        if optimizer:
+            save_file({k: v.contiguous() for k, v in optimizer.items()}, str(tmp / self.OPTIMIZER))
         shutil.rmtree(self.dir / name, ignore_errors=True)
         os.replace(tmp, self.dir / name)
         write_json(self.dir / "latest.json", {"epoch": epoch, "dir": name, "fingerprint": self.fingerprint,
@@ -222,19 +246,23 @@ class Checkpoints:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
-    def restore(self, model: Any) -> tuple[int, list[dict]]:
-        """(epochs done, history) after loading the latest state into model; (0, []) if none fits."""
+    def restore(self, model: Any) -> tuple[int, list[dict], dict[str, Any]]:
+        """(epochs done, history, optimizer state) after loading the latest weights into model;
+        (0, [], {}) if none fits."""
+        from safetensors.torch import load_file
+
         path = self.dir / "latest.json"
         if not path.is_file():
-            return 0, []
+            return 0, [], {}
         doc = json.loads(path.read_text())
         if doc.get("fingerprint") != self.fingerprint:
             log.info("train: checkpoint in %s was written with other settings; starting over", self.dir)
-            return 0, []
+            return 0, [], {}
         saved = recsys_io.load(self.dir / doc["dir"])
         model.load_state_dict(saved.state_dict())
+        opt = self.dir / doc["dir"] / self.OPTIMIZER
         log.info("train: resuming %s from epoch %d", model.name, doc["epoch"])
-        return int(doc["epoch"]), list(doc["history"])
+        return int(doc["epoch"]), list(doc["history"]), (load_file(str(opt)) if opt.is_file() else {})
 
 
 def _fingerprint(*parts: Any) -> str:
@@ -244,21 +272,37 @@ def _fingerprint(*parts: Any) -> str:
 # --------------------------------------------------------------------------- Ray workers
 
 
-class BPRWorker:
-    """One Ray actor: a partition of the posts (by user) and a BPRTrainer over it."""
+def make_trainer(model: Any, data: PostData, opts: BPRConfig | MultiLabelConfig, total: int, rank: int = 0,
+                 world: int = 1, sync: Any = None, shared_slot: np.ndarray | None = None,
+                 keys: np.ndarray | None = None) -> BPRTrainer | MultiLabelTrainer:
+    """The trainer of model's kind over one partition; total: work units (BPR pairs, or posts)
+    over all partitions; keys: the partition's rows in the whole training set (multi-label)."""
+    if model.kind == "multilabel":
+        return MultiLabelTrainer(model, data, opts, total, rank, world, sync, keys)  # type: ignore[arg-type]
+    return BPRTrainer(model, data, opts, total, rank, world, sync, shared_slot)  # type: ignore[arg-type]
+
+
+def work_units(model: Any, data: PostData) -> int:
+    """What an epoch passes over: training pairs (BPR) or posts (multi-label)."""
+    return len(data) if model.kind == "multilabel" else len(data.pairs()[0])
+
+
+class TrainWorker:
+    """One Ray actor: a partition of the posts (by user) and the model kind's trainer over it."""
 
     def __init__(self, rank: int, world: int, name: str, hp: dict, state: dict, data: PostData,
-                 bpr: BPRConfig, total_pairs: int, shared_slot: np.ndarray | None, device: str,
-                 fail_at: str = "", fail_marker: str = "") -> None:
+                 opts: BPRConfig | MultiLabelConfig, total: int, shared_slot: np.ndarray | None, device: str,
+                 fail_at: str = "", fail_marker: str = "", keys: np.ndarray | None = None,
+                 optimizer: dict | None = None) -> None:
         import torch
 
         torch.set_num_threads(1)  # one CPU per actor; the actors are the parallelism
         self.rank, self.world, self.device = rank, world, device
         self.model = get_model(name, device=device, **hp)
         self.model.load_state_dict(state)
-        self.args = (data, bpr, total_pairs, shared_slot)
+        self.args = (data, opts, total, shared_slot, keys, optimizer or {})
         self.fail_at, self.fail_marker = fail_at, fail_marker
-        self.trainer: BPRTrainer | None = None
+        self.trainer: BPRTrainer | MultiLabelTrainer | None = None
 
     def address(self) -> str:
         import ray
@@ -274,8 +318,10 @@ class BPRWorker:
         sync = None
         if self.world > 1:
             sync = TorchDistSync(init_method, self.rank, self.world, "nccl" if self.device == "cuda" else "gloo")
-        data, bpr, total, slot = self.args
-        self.trainer = BPRTrainer(self.model, data, bpr, total, self.rank, self.world, sync, slot)
+        data, opts, total, slot, keys, optimizer = self.args
+        self.trainer = make_trainer(self.model, data, opts, total, self.rank, self.world, sync, slot, keys)
+        if optimizer:
+            self.trainer.load_optimizer_state(optimizer)  # type: ignore[union-attr]
         return True
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
@@ -286,8 +332,13 @@ class BPRWorker:
         return self.trainer.run_epoch(epoch)  # type: ignore[union-attr]
 
     def owned_state(self) -> dict[str, Any]:
-        """Rows this worker owns (its users, its unshared items) and, on rank 0, the shared tensors."""
-        data, _, _, slot = self.args
+        """BPR: rows this worker owns (its users, its unshared items) and, on rank 0, the shared
+        tensors. Multi-label (replicas are identical): rank 0's weights and optimizer state."""
+        if self.model.kind == "multilabel":
+            if self.rank:
+                return {}
+            return {"net": self.model.state_dict(), "optimizer": self.trainer.optimizer_state()}  # type: ignore[union-attr]
+        data, _, _, slot, _, _ = self.args
         p = {k: v.detach().cpu() for k, v in self.model.params.items()}
         users = np.unique(data.user_index[data.user_index >= 0])
         out: dict[str, Any] = {"user": (users, p["user"][users].numpy())}
@@ -301,8 +352,9 @@ class BPRWorker:
         return out
 
     def close(self) -> None:
-        if self.trainer is not None and self.trainer.sync is not None:
-            self.trainer.sync.close()
+        sync = getattr(self.trainer, "sync", None)
+        if sync is not None:
+            sync.close()
 
 
 def partition_by_user(data: PostData, world: int, seed: int) -> np.ndarray:
@@ -318,10 +370,14 @@ def partition_by_user(data: PostData, world: int, seed: int) -> np.ndarray:
 
 
 class RayEngine:
-    """Drives N BPRWorker actors for one model; the driver's model mirrors theirs after each epoch."""
+    """Drives N TrainWorker actors for one model; the driver's model mirrors theirs after each epoch.
 
-    def __init__(self, model: Any, data: PostData, bpr: BPRConfig, cfg: TrainConfig, marker: Path,
-                 device: str = "cpu") -> None:
+    opts: BPRConfig (factorization models) or MultiLabelConfig; optimizer: the optimizer state
+    to start from (a resumed multi-label run), afterwards the latest one pulled from rank 0.
+    """
+
+    def __init__(self, model: Any, data: PostData, opts: BPRConfig | MultiLabelConfig, cfg: TrainConfig,
+                 marker: Path, device: str = "cpu", optimizer: dict | None = None) -> None:
         from jobs._ray import init_ray
 
         init_ray(cfg.ray_address, cfg.num_cpus)
@@ -332,13 +388,15 @@ class RayEngine:
             raise JobError(f"--num-workers {cfg.num_workers} needs {cfg.num_workers} "
                            f"{'GPUs' if device == 'cuda' else 'CPUs'} but the Ray cluster has {have:g}; "
                            "lower --num-workers or add nodes")
-        self.model, self.data, self.bpr, self.cfg, self.marker = model, data, bpr, cfg, marker
+        self.model, self.data, self.opts, self.cfg, self.marker = model, data, opts, cfg, marker
         self.world, self.device = cfg.num_workers, device  # the workers' device; the driver's model stays on CPU
-        part = partition_by_user(data, self.world, bpr.seed)
-        self.parts = [data.subset(np.flatnonzero(part == r)) for r in range(self.world)]
-        self.total = len(data.pairs()[0])
+        part = partition_by_user(data, self.world, opts.seed)
+        self.keys = [np.flatnonzero(part == r) for r in range(self.world)]  # rows of the whole training set
+        self.parts = [data.subset(k) for k in self.keys]
+        self.total = work_units(model, data)
+        self.optimizer = dict(optimizer or {})
         self.slot = None
-        if "item" in model.params:  # items posted by users on several workers: synchronised rows
+        if "item" in getattr(model, "params", {}):  # items posted by users on several workers: synchronised rows
             n_items = model.params["item"].shape[0]
             seen = np.zeros((self.world, n_items), bool)
             for r, p in enumerate(self.parts):
@@ -353,11 +411,12 @@ class RayEngine:
         import ray
 
         device = self.device
-        actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=0)(BPRWorker)
+        actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=0)(TrainWorker)
         state = self.model.state_dict()
         hp = self.model.hyperparameters
-        self.workers = [actor.remote(r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.bpr,
-                                     self.total, self.slot, device, self.cfg.fail_at, str(self.marker))
+        self.workers = [actor.remote(r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.opts,
+                                     self.total, self.slot, device, self.cfg.fail_at, str(self.marker),
+                                     self.keys[r], self.optimizer)
                         for r in range(self.world)]
         addr = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr) for w in self.workers])
@@ -394,20 +453,29 @@ class RayEngine:
                 self.restarts += 1
                 log.warning("train: a worker died in epoch %d; restarting %d workers from the last epoch "
                             "(restart %d of %d)", epoch, self.world, self.restarts, self.cfg.max_restarts)
-                self._start()  # the driver's model holds the last completed epoch
+                self._start()  # the driver's model (and self.optimizer) hold the last completed epoch
 
     def _pull_state(self) -> None:
         import ray
         import torch
 
+        parts = ray.get([w.owned_state.remote() for w in self.workers])
+        if self.model.kind == "multilabel":
+            self.model.load_state_dict(parts[0]["net"])
+            self.optimizer = parts[0]["optimizer"]
+            return
         params = self.model.params
-        for part in ray.get([w.owned_state.remote() for w in self.workers]):
+        for part in parts:
             for k, v in part.items():
                 if isinstance(v, tuple):
                     idx, rows = v
                     params[k][torch.from_numpy(np.array(idx, dtype=np.int64))] = torch.from_numpy(np.array(rows)).to(params[k].device)
                 else:
                     params[k].copy_(torch.from_numpy(np.array(v)))
+
+    def optimizer_state(self) -> dict[str, Any]:
+        """The optimizer state after the last completed epoch (empty for BPR: plain SGD)."""
+        return self.optimizer
 
     def close(self) -> None:
         import ray
@@ -420,13 +488,20 @@ class RayEngine:
 
 
 class LocalEngine:
-    """The same BPRTrainer in this process (no Ray): `--num-workers 0`."""
+    """The same trainer in this process (no Ray): `--num-workers 0`."""
 
-    def __init__(self, model: Any, data: PostData, bpr: BPRConfig) -> None:
-        self.trainer = BPRTrainer(model, data, bpr, total_pairs=len(data.pairs()[0]))
+    def __init__(self, model: Any, data: PostData, opts: BPRConfig | MultiLabelConfig,
+                 optimizer: dict | None = None) -> None:
+        self.trainer = make_trainer(model, data, opts, work_units(model, data))
+        if optimizer:
+            self.trainer.load_optimizer_state(optimizer)  # type: ignore[union-attr]
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         return self.trainer.run_epoch(epoch)
+
+    def optimizer_state(self) -> dict[str, Any]:
+        state = getattr(self.trainer, "optimizer_state", None)
+        return state() if state else {}
 
     def close(self) -> None:
         pass
@@ -454,61 +529,74 @@ def build(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str
                      dim=cfg.dim, sn_dim=sn_dim, seed=cfg.seed, device=device)
 
 
+def ml_config(cfg: TrainConfig, n_posts: int, epochs: int) -> MultiLabelConfig:
+    """The multi-label SGD settings (the paper's by default), `epochs` raised so that an archive
+    with few batches per epoch still gets `--ml-min-steps` steps."""
+    steps_per_epoch = max(1, math.ceil(n_posts / cfg.ml_batch_size))
+    return MultiLabelConfig(lr=cfg.ml_lr, momentum=cfg.ml_momentum, batch_size=cfg.ml_batch_size,
+                            epochs=max(epochs, math.ceil(cfg.ml_min_steps / steps_per_epoch)), seed=cfg.seed,
+                            tag_reduction=cfg.ml_tag_reduction)
+
+
+def train_opts(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig) -> BPRConfig | MultiLabelConfig:
+    """bpr for the factorization models; `ml_config` (epochs: --ml-epochs or bpr's) for the multi-label nets."""
+    if name.endswith("multilabel"):
+        return ml_config(cfg, len(data.train), cfg.ml_epochs or bpr.epochs)
+    return bpr
+
+
+def _hp(model: Any, opts: BPRConfig | MultiLabelConfig) -> dict[str, Any]:
+    """The settings a divergence message names."""
+    if isinstance(opts, MultiLabelConfig):
+        return {"lr": opts.lr, "momentum": opts.momentum, "batch_size": opts.batch_size,
+                "tag_reduction": opts.tag_reduction, "hidden": model.hidden_dim, "dropout": model.dropout}
+    return {"lr": opts.lr, "reg": opts.reg, "batch_size": opts.batch_size, "dim": getattr(model, "dim", None)}
+
+
 def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int, device: str,
         ckpt: Checkpoints | None) -> tuple[Any, list[dict]]:
-    """Train one model for bpr.epochs epochs (resuming from ckpt); (model, per-epoch history)."""
-    # With Ray workers the driver only mirrors the factors (checkpoints, validation): CPU is enough.
-    model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 and not name.endswith("multilabel") else device)
+    """Train one model (BPR: bpr.epochs epochs; multi-label: `train_opts`), resuming from ckpt
+    (weights and optimizer state); (model, per-epoch history)."""
+    # With Ray workers the driver only mirrors the model (checkpoints, validation): CPU is enough.
+    model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 else device)
     if model.kind == "factorization":  # centres from all training posts, before workers copy the state
         model.fit_centre(data.train.batch())
-    start, history = ckpt.restore(model) if (ckpt and cfg.resume) else (0, [])
-    if model.kind == "multilabel":
-        return _fit_multilabel(model, data, cfg, bpr, ckpt, start, history)
-    engine = (RayEngine(model, data.train, bpr, cfg, (ckpt.dir if ckpt else Path(cfg.out)) / "fault-fired", device)
-              if cfg.num_workers > 0 else LocalEngine(model, data.train, bpr))
-    progress = Progress(f"train {name}", total=(bpr.epochs - start) * len(data.train.pairs()[0]), unit="samples")
+    opts = train_opts(name, data, cfg, bpr)
+    start, history, optimizer = ckpt.restore(model) if (ckpt and cfg.resume) else (0, [], {})
+    marker = (ckpt.dir if ckpt else Path(cfg.out)) / "fault-fired"
+    engine = (RayEngine(model, data.train, opts, cfg, marker, device, optimizer) if cfg.num_workers > 0
+              else LocalEngine(model, data.train, opts, optimizer))
+    unit = "posts" if model.kind == "multilabel" else "samples"
+    progress = Progress(f"train {name}", total=(opts.epochs - start) * work_units(model, data.train), unit=unit)
     try:
-        for epoch in range(start, bpr.epochs):
+        for epoch in range(start, opts.epochs):
             t0 = time.perf_counter()
             loss, n = engine.run_epoch(epoch)
             progress.update(n)  # ETA line at most every 5 s; the epoch line below always
-            _end_epoch(model, data, bpr, epoch, loss / max(n, 1), n / (time.perf_counter() - t0), history, ckpt)
+            rate = n / (time.perf_counter() - t0)
+            _end_epoch(model, data, opts, epoch, loss / max(n, 1), rate, history, ckpt, engine.optimizer_state())
     finally:
         engine.close()
     return model, history
 
 
-def _end_epoch(model: Any, data: SplitData, bpr: BPRConfig, epoch: int, loss: float, rate: float,
-               history: list[dict], ckpt: Checkpoints | None) -> None:
-    check_finite(model, loss, epoch, {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size,
-                                      "dim": getattr(model, "dim", None)})
+def _end_epoch(model: Any, data: SplitData, opts: BPRConfig | MultiLabelConfig, epoch: int, loss: float,
+               rate: float, history: list[dict], ckpt: Checkpoints | None, optimizer: dict[str, Any]) -> None:
+    try:
+        check_finite(model, loss, epoch, _hp(model, opts))
+    except NumericalError as e:
+        if not isinstance(opts, MultiLabelConfig):
+            raise
+        # check_finite's advice names the BPR flags; these nets have their own.
+        raise NumericalError(f"{str(e).split('; lower --lr')[0]}; lower --ml-lr") from None
     f1 = evaluate(model, data.val, ks=(5,))["f1@5"]
     history.append({"epoch": epoch + 1, "loss": round(loss, 6), "val_f1@5": round(f1, 6),
                     "samples_per_s": round(rate, 1)})
-    log.info("train %s: epoch %d/%d loss %.4f val F1@5 %.4f (%s samples/s)", model.name, epoch + 1,
-             bpr.epochs, loss, f1, f"{rate:,.0f}")
+    unit = "posts" if model.kind == "multilabel" else "samples"
+    log.info("train %s: epoch %d/%d loss %.4f val F1@5 %.4f (%s %s/s)", model.name, epoch + 1,
+             opts.epochs, loss, f1, f"{rate:,.0f}", unit)
     if ckpt is not None:
-        ckpt.save(model, epoch + 1, history)
-
-
-def _fit_multilabel(model: Any, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, ckpt: Checkpoints | None,
-                    start: int, history: list[dict]) -> tuple[Any, list[dict]]:
-    from models.recsys.multilabel import train_multilabel
-
-    if cfg.num_workers:
-        log.info("train %s: the multi-label nets train in this process (--num-workers applies to BPR)", model.name)
-
-    t0 = [time.perf_counter()]
-
-    def on_epoch(epoch: int, loss: float) -> None:
-        rate = len(data.train) / (time.perf_counter() - t0[0])
-        _end_epoch(model, data, dataclasses.replace(bpr, lr=cfg.ml_lr, reg=0.0, batch_size=cfg.ml_batch_size),
-                   epoch, loss, rate, history, ckpt)
-        t0[0] = time.perf_counter()
-
-    train_multilabel(model, data.train, bpr.epochs, lr=cfg.ml_lr, batch_size=cfg.ml_batch_size, seed=bpr.seed,
-                     start_epoch=start, on_epoch=on_epoch)
-    return model, history
+        ckpt.save(model, epoch + 1, history, optimizer)
 
 
 def tune(name: str, data: SplitData, cfg: TrainConfig, sn_dim: int, device: str) -> tuple[BPRConfig, list[dict]]:
@@ -543,24 +631,40 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     bpr, grid = BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed, cfg.max_row_samples), list[dict]()
     if cfg.tune and not name.endswith("multilabel"):  # the multi-label nets keep the paper's settings
         bpr, grid = tune(name, data, cfg, sn_dim, device)
+    opts = train_opts(name, data, cfg, bpr)
     hp = {"lr": bpr.lr, "reg": bpr.reg, "batch_size": bpr.batch_size, "dim": cfg.dim, "hidden": cfg.hidden,
           "max_row_samples": bpr.max_row_samples, "centred": True}
+    if isinstance(opts, MultiLabelConfig):  # what a resumed multi-label run must share (not epochs)
+        hp = {"hidden": cfg.hidden, **{k: v for k, v in dataclasses.asdict(opts).items() if k != "epochs"},
+              "scaled_inputs": True}
     fp = _fingerprint(name, hp, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
     ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
     t0 = time.perf_counter()
     model, history = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
-    training = {"epochs": bpr.epochs, "lr": bpr.lr if model.kind != "multilabel" else cfg.ml_lr,
-                "reg": bpr.reg, "batch_size": bpr.batch_size if model.kind != "multilabel" else cfg.ml_batch_size,
-                "max_row_samples": bpr.max_row_samples,
-                "num_workers": cfg.num_workers, "device": device, "seed": cfg.seed, "tuning": grid}
+    training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid}
+    if isinstance(opts, MultiLabelConfig):
+        training["min_steps"] = cfg.ml_min_steps
     out_dir = Path(cfg.out) / "models" / name
     recsys_io.save(model, out_dir, {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids,
                                     "views": views, "metrics": metrics, "training": training,
                                     "split": {"dir": str(_split_dir(cfg)), **data.dropped}})
-    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": bpr.epochs, "lr": training["lr"],
-            "reg": bpr.reg, "seconds": round(time.perf_counter() - t0, 2)}
+    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": opts.epochs, "lr": opts.lr,
+            "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
+
+
+def _check_ml_flags(cfg: TrainConfig) -> None:
+    """JobError naming the first bad multi-label flag."""
+    checks = ((cfg.ml_lr > 0, f"--ml-lr must be > 0, got {cfg.ml_lr}"),
+              (0 <= cfg.ml_momentum < 1, f"--ml-momentum must be in [0, 1), got {cfg.ml_momentum}"),
+              (cfg.ml_batch_size >= 1, f"--ml-batch-size must be >= 1, got {cfg.ml_batch_size}"),
+              (cfg.ml_epochs >= 0, f"--ml-epochs must be >= 0 (0: --epochs), got {cfg.ml_epochs}"),
+              (cfg.ml_min_steps >= 0, f"--ml-min-steps must be >= 0 (0: off), got {cfg.ml_min_steps}"),
+              (cfg.hidden >= 1, f"--hidden must be >= 1, got {cfg.hidden}"))
+    for ok, msg in checks:
+        if not ok:
+            raise JobError(msg)
 
 
 def _split_dir(cfg: TrainConfig) -> Path:
@@ -578,6 +682,7 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise JobError(f"--num-workers must be >= 0, got {cfg.num_workers}")
     if cfg.max_row_samples < 1:
         raise JobError(f"--max-row-samples must be >= 1, got {cfg.max_row_samples}")
+    _check_ml_flags(cfg)
     if cfg.torch_threads > 0:
         import torch
 

@@ -14,6 +14,11 @@ Two figures are kept, because plain RSS over-counts for this project's jobs:
 * `peak_anon_bytes`: the peak of (sum of RssAnon over the tree + the largest RssShmem of any
   one process): the memory the job really needs (heaps, arrays, the object store once).
   Both are read from /proc/<pid>/status (RSS = RssAnon + RssFile + RssShmem).
+
+`cpu_s` is the CPU time (user + system) of the tree: per process the last value seen while
+polling, summed (a process living less than one poll interval can be missed). On a machine
+shared with other work, wall time stretches with the load but CPU time does not much, so it
+is the steadier measure of what a job costs.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class RunStats:
     tail: str
     peak_anon_bytes: int = 0      # sum RssAnon + max RssShmem (see module docstring)
     peak_file_bytes: int = 0      # sum RssFile at the sample with the largest RSS
+    cpu_s: float = 0.0            # user + system CPU seconds of the tree (see module docstring)
 
 
 def _status_kib(pid: int) -> tuple[int, int, int] | None:
@@ -51,8 +57,13 @@ def _status_kib(pid: int) -> tuple[int, int, int] | None:
         return None
 
 
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+_cpu_seen: dict[int, float] = {}  # pid -> CPU seconds at the last poll (the current measured run)
+
+
 def _proc_table() -> dict[int, tuple[int, int]]:
-    """{pid: (ppid, session id)} of every process, from /proc/<pid>/stat."""
+    """{pid: (ppid, session id)} of every process, from /proc/<pid>/stat; records each one's
+    CPU seconds (utime + stime) in _cpu_seen."""
     out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -64,7 +75,11 @@ def _proc_table() -> dict[int, tuple[int, int]]:
             continue
         fields = stat[stat.rindex(b")") + 2:].split()   # after "(comm)": state ppid pgrp session
         out[int(name)] = (int(fields[1]), int(fields[3]))
+        _cpu_now[int(name)] = (int(fields[11]) + int(fields[12])) / _TICK
     return out
+
+
+_cpu_now: dict[int, float] = {}
 
 
 def _tree(root: int) -> list[int]:
@@ -88,6 +103,8 @@ def _tree_rss(root: int) -> tuple[int, int, int, int]:
     """(sum RSS, processes, sum anon + max shmem, sum file-backed) over the tree."""
     total, count, anon, shm, file_ = 0, 0, 0, 0, 0
     for pid in _tree(root):
+        if pid in _cpu_now:
+            _cpu_seen[pid] = _cpu_now[pid]
         st = _status_kib(pid)
         if st is None:
             continue
@@ -107,6 +124,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, poll_s: floa
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
                          start_new_session=True)
     peak, peak_n, peak_anon, peak_file = 0, 0, 0, 0
+    _cpu_seen.clear()
     out_lines: list[str] = []
     reader = threading.Thread(target=lambda: out_lines.extend(p.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
@@ -127,7 +145,8 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, poll_s: floa
         os.killpg(p.pid, 9)
     except (ProcessLookupError, PermissionError):
         pass
-    return RunStats(wall, peak, peak_n, p.returncode, "".join(out_lines[-30:]), peak_anon, peak_file)
+    return RunStats(wall, peak, peak_n, p.returncode, "".join(out_lines[-30:]), peak_anon, peak_file,
+                    round(sum(_cpu_seen.values()), 1))
 
 
 def gib(n: int) -> float:
@@ -136,5 +155,5 @@ def gib(n: int) -> float:
 
 if __name__ == "__main__":
     s = run_measured(sys.argv[1:])
-    print(f"wall {s.wall_s:.1f}s peak tree RSS {gib(s.peak_rss_bytes):.2f} GiB "
+    print(f"wall {s.wall_s:.1f}s cpu {s.cpu_s:.1f}s peak tree RSS {gib(s.peak_rss_bytes):.2f} GiB "
           f"(anon+shm {gib(s.peak_anon_bytes):.2f} GiB) rc {s.returncode}")

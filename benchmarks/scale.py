@@ -30,6 +30,8 @@ Inputs per job (size = the issue's unit):
 
 RATIO lines (>1 = better, as every benchmark in this repo):
   RATIO <job>_time_linearity  = 10 / (time(big) / time(small))   (1 = exactly linear, >1 sublinear)
+  RATIO <job>_cpu_linearity   = the same with the CPU seconds of the process tree (steadier than
+                                wall time when other work shares the machine)
   RATIO <job>_mem_flatness    = 10 / (anon(big) / anon(small))   (1 = memory grows as fast as the
                                                                   input; >>1 = it streams)
   RATIO <job>_mem_headroom    = bound / anon(big)                (>= 1: within the issue's bound)
@@ -169,12 +171,12 @@ def measure(job: str, n: int, args: argparse.Namespace) -> dict:
     load1 = os.getloadavg()[0]
     row = {"job": job, "size": n, "unit": UNIT[job], "wall_s": round(st.wall_s, 2),
            "anon_gib": round(gib(st.peak_anon_bytes), 3), "rss_gib": round(gib(st.peak_rss_bytes), 3),
-           "file_gib": round(gib(st.peak_file_bytes), 3), "procs": st.peak_processes, "rc": st.returncode,
+           "cpu_s": st.cpu_s, "file_gib": round(gib(st.peak_file_bytes), 3), "procs": st.peak_processes, "rc": st.returncode,
            "load": f"{load0:.1f}-{load1:.1f}", "setup_s": round(setup_s, 1),
            "when": time.strftime("%H:%M:%S", time.gmtime())}
     if st.returncode:
         row["tail"] = st.tail[-1500:]
-    print(f"  {job:<12} {n:>10,} {UNIT[job]:<16} wall {st.wall_s:8.1f}s  anon {row['anon_gib']:6.2f} GiB  "
+    print(f"  {job:<12} {n:>10,} {UNIT[job]:<16} wall {st.wall_s:8.1f}s  cpu {st.cpu_s:8.1f}s  anon {row['anon_gib']:6.2f} GiB  "
           f"rss {row['rss_gib']:6.2f} GiB  procs {st.peak_processes:3d}  load {row['load']}  rc {st.returncode}",
           flush=True)
     if st.returncode:
@@ -191,6 +193,8 @@ def ratios(job: str, small: dict, big: dict) -> list[str]:
     tg = big["wall_s"] / max(small["wall_s"], 1e-9)
     mg = big["anon_gib"] / max(small["anon_gib"], 1e-9)
     out = [f"RATIO {job}_time_linearity {10 / tg:.3f}", f"RATIO {job}_mem_flatness {10 / mg:.3f}"]
+    if small.get("cpu_s") and big.get("cpu_s"):  # CPU time: steadier than wall time on a shared machine
+        out.append(f"RATIO {job}_cpu_linearity {10 / (big['cpu_s'] / small['cpu_s']):.3f}")
     if big["size"] == FULL[job][1]:
         out.append(f"RATIO {job}_mem_headroom {BOUND_GIB[job] / max(big['anon_gib'], 1e-9):.3f}")
     return out

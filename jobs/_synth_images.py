@@ -5,7 +5,9 @@ Every tag has a *visual signature*: a palette of three colours, a background tex
 (circle, rectangle, triangle). A post's image is drawn from the signatures of its
 tags: the first tag paints the background texture in its palette, every tag adds a
 few of its shapes in its colours. So colour, texture and shapes carry signal about
-the tags, and a CNN feature extractor has something to find.
+the tags, and a CNN feature extractor has something to find. `jobs.synth` passes only
+the post's *visual* tags; a post with none (only place/event tags) gets a neutral grey
+noise image and noise-only features, the same for every such post.
 
 Rendering is a paletted ("P" mode) PIL image: numpy computes one uint8 texture plane
 by broadcasting a row against a column (no per-pixel Python), PIL draws the shapes
@@ -158,6 +160,8 @@ def render(number: int, w: int, h: int, tags: np.ndarray, gray: bool, sig: TagSi
     """
     rng = np.random.default_rng([seed, 7, number])
     tags = tags[tags >= 0][:MAX_TAGS]
+    if not len(tags):
+        return _neutral(w, h, gray, rng)
     t0 = int(tags[0])
     scale = w / 500.0
     period = float(sig.period[t0]) * scale * float(rng.uniform(0.8, 1.25))
@@ -172,6 +176,14 @@ def render(number: int, w: int, h: int, tags: np.ndarray, gray: bool, sig: TagSi
         fill, outline = (base + 2, base + 1) if j == 0 else (base, base + 1)
         _draw_shapes(draw, int(sig.shape[t]), int(rng.integers(1, 4)), fill, outline, w, h, rng)
     return im.convert("L" if gray else "RGB")
+
+
+def _neutral(w: int, h: int, gray: bool, rng: np.random.Generator) -> Image.Image:
+    """An image that shows no tag: grey value noise (what a photo of nothing taggable looks like)."""
+    levels = _texture(TEXTURES.index("noise"), w, h, 24.0 * w / 500.0 + 2.0, 0.0, rng)   # (h, w) in [0, 127]
+    grey = (np.uint8(60) + levels).astype(np.uint8)                                     # 60..187, no colour
+    im = Image.fromarray(grey, "L")
+    return im if gray else im.convert("RGB")
 
 
 def image_relpath(number: int, png: bool) -> str:

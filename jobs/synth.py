@@ -14,6 +14,14 @@ What is planted, so that later stages have a signal a correct implementation mus
   so connected users tag alike (the social signal) and users have personal tags;
 * each post draws 1..6 tags from its user's mixture; its image is drawn from the
   visual signatures of those tags (`jobs._synth_images`), so pixels carry tag signal;
+* a fraction `--nonvisual-frac` of each community's slice of the vocabulary, its most
+  used tags, is *not visual* (place, event, group tags: "berlin", "wedding2019", "ourclub",
+  as on photo sites where such tags lead the frequency lists): such tags never
+  show in the pixels or the synthetic features (a post with only such tags gets a
+  neutral image). Only the user's history, their community and the people they follow
+  predict them, which is what user factors and node2vec user vectors (+SN) are for: for
+  a user with one or two posts, the social vector is the only other source. With every
+  tag visual (0) the image alone nearly determines a post's tags;
 * `--untagged-frac` posts have their tags hidden (kept in `untagged_truth.parquet`),
   `--shared-items-frac` posts re-post another user's photo (same `image` string).
 
@@ -97,6 +105,9 @@ class SynthConfig(ArchiveArgs):
     within_community: float = arg(0.85, "fraction of follows that stay inside the follower's community")
     social_influence: float = arg(0.15, "chance each tag draw copies a personal tag of a followee "
                                         "(similarity along edges beyond the community's)")
+    nonvisual_frac: float = arg(0.25, "fraction of each community's tags, its most used ones, that do not show "
+                                      "in images or features (place/event/group tags, predictable only from "
+                                      "the user, their community and followees); 0: every tag is visual")
     image_size: str = arg("320x240", "mean image size WxH (sizes vary around it; the issue's realistic "
                                      "size is 500x375, the demo default is smaller for speed)")
     # `images`, not `no_images`: argparse's BooleanOptionalAction reads any flag starting with
@@ -148,6 +159,7 @@ def validate(cfg: SynthConfig) -> tuple[int, int]:
         (cfg.avg_degree >= 0 and np.isfinite(cfg.avg_degree), f"--avg-degree must be >= 0, got {cfg.avg_degree}"),
         (0.0 <= cfg.within_community <= 1.0, f"--within-community must be in [0, 1], got {cfg.within_community}"),
         (0.0 <= cfg.social_influence <= 1.0, f"--social-influence must be in [0, 1], got {cfg.social_influence}"),
+        (0.0 <= cfg.nonvisual_frac <= 1.0, f"--nonvisual-frac must be in [0, 1], got {cfg.nonvisual_frac}"),
         (0.0 <= cfg.untagged_frac < 1.0, f"--untagged-frac must be in [0, 1), got {cfg.untagged_frac}"),
         (0.0 <= cfg.shared_items_frac < 1.0, f"--shared-items-frac must be in [0, 1), got {cfg.shared_items_frac}"),
         (0.0 <= cfg.gray_frac <= 1.0, f"--gray-frac must be in [0, 1], got {cfg.gray_frac}"),
@@ -205,6 +217,7 @@ class World:
     out_degree: np.ndarray      # (U,) int64 follows of each user
     social: float               # chance a tag draw copies a followee's personal tag
     signatures: TagSignatures
+    visual: np.ndarray          # (T,) bool: the tag shows in the image (else place/event/group tag)
 
 
 def tag_names(num_tags: int) -> list[str]:
@@ -312,6 +325,29 @@ def _personal_tags(cfg: SynthConfig, pop: np.ndarray, src: np.ndarray, dst: np.n
     return np.concatenate([own, extra], 1), weight
 
 
+def _visual_tags(cfg: SynthConfig, tags: TagModel) -> np.ndarray:
+    """(T,) bool: all but the round(nonvisual_frac * size) most used tags of each community slice.
+
+    A community's most used tags are its places, events and groups (on photo sites the top
+    tags are largely such: cities, years, events), and they do not show in the pixels.
+    Stratified by slice so every community has its own: knowing a user's community (what
+    node2vec vectors carry) then predicts exactly the tags the image cannot. No random
+    draw: the tags, graph and posts do not move with the flag.
+    """
+    order = tags.slice_order                                          # by slice, most popular first
+    rank = np.arange(len(order)) - tags.slice_start[tags.community[order]]   # position inside its slice
+    hidden = rank < np.rint(cfg.nonvisual_frac * tags.slice_size[tags.community[order]])
+    visual = np.ones(len(order), bool)
+    visual[order[hidden]] = False
+    return visual
+
+
+def visual_only(tags: np.ndarray, visual: np.ndarray) -> np.ndarray:
+    """(m, MAX_TAGS) tags -> the visual ones, in order, -1 padded (what an image shows)."""
+    keep = (tags >= 0) & visual[np.maximum(tags, 0)]
+    return first_unique(np.where(keep, tags, -1), np.full(len(tags), MAX_TAGS))
+
+
 def build_world(cfg: SynthConfig) -> World:
     community = _communities(cfg)
     src, dst, weight = _graph(cfg, community)
@@ -326,6 +362,7 @@ def build_world(cfg: SynthConfig) -> World:
         out_degree=np.bincount(src, minlength=cfg.num_users).astype(np.int64),
         social=cfg.social_influence,
         signatures=make_signatures(cfg.num_tags, _rng(cfg.seed, 5)),
+        visual=_visual_tags(cfg, tags),
     )
 
 
@@ -451,7 +488,9 @@ def sample_chunk(cfg: SynthConfig, world: World, user_of_post: np.ndarray, a: in
     if cfg.item_id_column or cfg.write_features:
         cols["item_id"] = pa.array(number + 1)                       # one item per file
     orig = ~repost
-    specs = ImageSpecs(number[orig], width[orig], height[orig], gray[orig], png[orig], tags[orig])
+    # The image shows the visual tags only; non-visual ones (places, events) leave no trace.
+    specs = ImageSpecs(number[orig], width[orig], height[orig], gray[orig], png[orig],
+                       visual_only(tags[orig], world.visual))
     hidden = pa.table({"post_id": pa.array(post_id[hide]), "tags": _tags_list(tags[hide], np.ones(hide.sum(), bool), vocab)})
     visible = tags[(tags >= 0) & ~hide[:, None]]
     counts = np.bincount(visible, minlength=len(world.tag_names))
@@ -530,6 +569,7 @@ def _tag_table(world: World, vocab: pa.Array) -> pa.Table:
         "tag": vocab,
         "popularity": pa.array(world.tags.popularity),
         "community": pa.array(world.tags.community),
+        "visual": pa.array(world.visual),
         "texture": pa.array(np.array(TEXTURES)[sig.texture]),
         "shape": pa.array(np.array(SHAPES)[sig.shape]),
         "colour_a": pa.array(hex_colours(sig.palette[:, 0])),
@@ -667,6 +707,8 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
         "edges": int(len(world.src)),
         "tags": cfg.num_tags,
         "tags_used": int((posts.tag_counts > 0).sum()),
+        "nonvisual_tags": int((~world.visual).sum()),
+        "nonvisual_tag_use_frac": round(float(posts.tag_counts[~world.visual].sum() / max(posts.tag_counts.sum(), 1)), 4),
         "communities": cfg.num_communities,
         "untagged_posts": posts.untagged,
         "shared_posts": posts.reposts,
@@ -700,7 +742,8 @@ def _archive_meta(cfg: SynthConfig, paths: Paths, params: dict[str, Any], summar
         "truth": {
             "within_community_edge_frac": summary["within_community_edge_frac"],
             "community_of_user": "users.parquet: user_id, community, personal_tags (3 own + 2 from followees)",
-            "tag_signatures": "tags.parquet: tag, popularity, community, texture, shape, colours",
+            "tag_signatures": "tags.parquet: tag, popularity, community, visual (shows in the image), "
+                              "texture, shape, colours",
             "untagged_posts": "untagged_truth.parquet: post_id, the hidden tags",
             "item_id": ("column: number of the photo's first post + 1" if cfg.item_id_column or cfg.write_features
                         else "no column: one item per distinct image (jobs.contract)"),

@@ -128,13 +128,14 @@ def test_shared_photos_are_posted_by_several_users(images_archive):
 
 
 def test_image_colour_depends_on_tags(images_archive):
-    """Mean colour of images showing tag A differs from the rest far more than under shuffled tags."""
+    """Mean colour of images showing visual tag A differs from the rest far more than under shuffled tags."""
     root, _ = images_archive
     posts = _posts(root).filter(pl.col("tags").list.len() > 0).unique("image", keep="first", maintain_order=True)
     rgb = np.stack([np.asarray(Image.open(root / p).convert("RGB"), np.float32).mean((0, 1))
                     for p in posts["image"]])                  # (n, 3)
     tags = posts["tags"].to_list()
-    top = posts.explode("tags")["tags"].value_counts(sort=True)["tags"][:6].to_list()
+    visual = set(pl.from_arrow(pq.read_table(root / "tags.parquet")).filter(pl.col("visual"))["tag"])
+    top = [t for t in posts.explode("tags")["tags"].value_counts(sort=True)["tags"] if t in visual][:6]
 
     def gap(tag_lists) -> float:
         d = []
@@ -147,6 +148,62 @@ def test_image_colour_depends_on_tags(images_archive):
     rng = np.random.default_rng(0)
     null = [gap([tags[i] for i in rng.permutation(len(tags))]) for _ in range(10)]
     assert real > 1.8 * max(null), (real, null)
+
+
+def test_nonvisual_tags_are_each_communitys_most_used_and_leave_images_grey(images_archive):
+    """Place/event tags (--nonvisual-frac, default 0.25) never show: a photo tagged only with them is grey."""
+    root, summary = images_archive
+    tags = pl.from_arrow(pq.read_table(root / "tags.parquet"))
+    per_comm = tags.group_by("community").agg(pl.len().alias("n"), (~pl.col("visual")).sum().alias("nv"),
+                                              pl.col("tag").filter(~pl.col("visual")).alias("nv_tags"),
+                                              pl.col("popularity").filter(pl.col("visual")).max().alias("vis_max"),
+                                              pl.col("popularity").filter(~pl.col("visual")).min().alias("nv_min"))
+    assert (per_comm["nv"] == (0.25 * per_comm["n"]).round()).all() and per_comm["nv"].min() >= 1
+    assert (per_comm["nv_min"] > per_comm["vis_max"]).all()       # the head of each community's slice
+    assert summary["nonvisual_tags"] == int(per_comm["nv"].sum()) and 0.2 < summary["nonvisual_tag_use_frac"] < 0.8
+    nonvisual = set(tags.filter(~pl.col("visual"))["tag"])
+    posts = _posts(root).filter((pl.len().over("image") == 1) & (pl.col("tags").list.len() > 0))  # unshared photos
+
+    def chroma(p: str) -> float:                                  # mean |R-G| + |G-B| over the pixels
+        a = np.asarray(Image.open(root / p).convert("RGB"), np.float32)
+        return float(np.abs(a[..., 0] - a[..., 1]).mean() + np.abs(a[..., 1] - a[..., 2]).mean())
+
+    only_nv = [p for p, ts in zip(posts["image"], posts["tags"]) if set(ts) <= nonvisual]
+    some_vis = [p for p, ts in zip(posts["image"], posts["tags"]) if not set(ts) <= nonvisual][:60]
+    assert len(only_nv) >= 10
+    assert max(chroma(p) for p in only_nv) < 2.0                  # neutral grey, whatever the tags
+    assert np.median([chroma(p) for p in some_vis]) > 20.0
+
+
+def test_features_ignore_nonvisual_tags(tmp_path):
+    """With --write-features, a tag's direction shows in z only when the tag is visual."""
+    fs = pytest.importorskip("featurestore")
+    from jobs.synth import _rng
+
+    root, _ = _archive(tmp_path, num_users=50, num_posts=600, num_tags=30, images=False, write_features=True)
+    posts = _posts(root).filter(pl.col("tags").list.len() > 0)
+    vocab = pl.from_arrow(pq.read_table(root / "tags.parquet"))
+    index = {t: i for i, t in enumerate(vocab["tag"])}
+    visual = vocab["visual"].to_numpy()
+    directions = make_feature_model(30, _rng(0, 9)).directions           # the generator's own model
+    store = fs.Store.open(str(tmp_path / "store"), readonly=True)
+    z, found = store.reader("image/vgg16@1").get_many(posts["item_id"].to_numpy())
+    assert found.all()
+    proj = z @ directions.T                                               # (n, T)
+    on = {True: [], False: []}
+    for row, ts in zip(proj, posts["tags"]):
+        for t in ts:
+            on[bool(visual[index[t]])].append(row[index[t]])
+    absent = np.median(proj)
+    assert np.median(on[True]) > absent + 150                             # measured ~260 (ReLU halves ~512)
+    assert abs(np.median(on[False]) - absent) < 60                        # no more than an absent tag
+
+
+def test_nonvisual_frac_zero_keeps_every_tag_visual_and_the_posts(tmp_path):
+    a, _ = _archive(tmp_path / "a", images=False, nonvisual_frac=0.0)
+    b, _ = _archive(tmp_path / "b", images=False)
+    assert pq.read_table(a / "tags.parquet")["visual"].to_numpy().all()
+    assert (a / "posts.parquet").read_bytes() == (b / "posts.parquet").read_bytes()   # only images move
 
 
 # --------------------------------------------------------------------------- determinism
@@ -314,6 +371,8 @@ def test_image_strings_match_the_renderer():
     (["--untagged-frac", "1.5"], "--untagged-frac"),
     (["--shared-items-frac", "-0.1"], "--shared-items-frac"),
     (["--within-community", "2"], "--within-community"),
+    (["--nonvisual-frac", "1.5"], "--nonvisual-frac"),
+    (["--nonvisual-frac", "-0.1"], "--nonvisual-frac"),
     (["--seed", "-1"], "--seed"),
     (["--workers", "-2"], "--workers"),
     (["--posts", "400"], "--num-posts 400"),

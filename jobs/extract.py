@@ -9,6 +9,12 @@
 
 Resumable: each batch is committed as it arrives; a re-run skips ids present in both views,
 and (batches being padded to one static size) recomputes the rest to the same bytes.
+
+Archive scale (issue 9): the driver streams the manifest (validation, item ids, image paths)
+in record batches and keeps 16 bytes per distinct item (id and first row); image paths are read
+back a window of items at a time and the (item_id, image) blocks go to the object store as they
+are cut. The driver never imports torch (weight files are checked in a short-lived child
+process): the models live in the actors.
 """
 
 from __future__ import annotations
@@ -17,13 +23,14 @@ import dataclasses
 import logging
 import os
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for
-from jobs.errors import JobError
+from jobs.errors import InputError, JobError
 
 log = logging.getLogger("jobs.extract")
 
@@ -61,19 +68,78 @@ class ExtractConfig(ArchiveArgs, RayArgs):
 # ------------------------------------------------------------------ items
 
 
-def unique_items(posts: Path) -> tuple[np.ndarray, Any]:
-    """(item_ids sorted, image path of each as a pyarrow string array) — one row per distinct item.
+def item_index(posts: Path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct item ids sorted, manifest row of each one's first post), streamed.
 
-    The paths stay an Arrow array (one buffer), not a list of Python strings: at 10^6 items a
-    list costs ~100 bytes per path in the driver (issue 9).
+    Validates the manifest first (`contract.check_posts`: the same errors as `read_posts`, one
+    record batch at a time). Holds 8 bytes per post (the item id of every row) while it runs and
+    16 bytes per distinct item after: never the manifest's strings or tag lists.
     """
-    from jobs.contract import read_posts
+    import pyarrow as pa
 
-    t = read_posts(posts, columns=["item_id", "image"])
-    ids = t.column("item_id").to_numpy()
-    uniq, first = np.unique(ids, return_index=True)    # sorted ids: the store appends in key order
-    images = t.column("image").take(first).combine_chunks()
-    return uniq.astype(np.int64), images
+    from jobs.contract import check_posts, iter_posts
+
+    n = check_posts(posts, batch_rows)
+    ids = np.empty(n, dtype=np.int64)
+    pos = 0
+    for b in iter_posts(posts, columns=("item_id",), batch_rows=batch_rows):   # hashed from images if absent
+        ids[pos:pos + b.num_rows] = b.column(0).to_numpy()
+        pos += b.num_rows
+    uniq, first = np.unique(ids[:pos], return_index=True)  # sorted ids: --limit takes the lowest
+    del ids
+    pa.default_memory_pool().release_unused()      # give Arrow's freed read buffers back (~60 MB)
+    return uniq, first.astype(np.int64)
+
+
+def paths_of_rows(posts: Path, rows: np.ndarray, batch_rows: int = 65536) -> Any:
+    """Absolute image paths of ascending manifest `rows`, as one pyarrow string array.
+
+    One pass over the manifest's image column, a record batch at a time, stopping after the last
+    row asked for: only the rows asked for are kept.
+    """
+    import pyarrow as pa
+
+    from jobs.contract import iter_posts
+
+    parts: list[Any] = []
+    k = pos = 0
+    for b in iter_posts(posts, columns=("image",), batch_rows=batch_rows):
+        if k == len(rows):
+            break
+        j = int(np.searchsorted(rows, pos + b.num_rows))       # rows[k:j] are in this batch
+        if j > k:
+            parts.append(b.column(0).take(pa.array(rows[k:j] - pos)).cast(pa.string()))
+        k, pos = j, pos + b.num_rows
+    return pa.concat_arrays(parts) if parts else pa.array([], pa.string())
+
+
+PATH_WINDOW = 131_072   # items whose paths the driver holds at once (~8 MB), at least 1/16 of them
+
+
+def item_blocks(posts: Path, ids: np.ndarray, rows: np.ndarray, per_block: int,
+                batch_rows: int = 65536, window: int = 0) -> Iterator[Any]:
+    """(item_id int64, image string) pyarrow tables of `per_block` items, in the order of `ids`.
+
+    `rows[i]` is the manifest row of item `ids[i]`. Ascending ids let the store append in key
+    order: committing 256-id batches in random key order cost 2.8x the CPU and 1.5x the time
+    (measured, 2x10^5 error records). Paths are read a window of items at a time
+    (`paths_of_rows`: one pass over the image column per window), so the driver holds at most
+    `window` paths (default: PATH_WINDOW, or 1/16 of the items: at most 16 passes).
+    """
+    import pyarrow as pa
+
+    n = len(ids)
+    window = window or max(PATH_WINDOW, -(-n // 16))
+    window = max(per_block, window // per_block * per_block)        # whole blocks per window
+    for w in range(0, n, window):
+        w_rows = rows[w:w + window]
+        order = np.argsort(w_rows, kind="stable")
+        paths = paths_of_rows(posts, w_rows[order], batch_rows)   # in row order
+        at = np.empty_like(order)
+        at[order] = np.arange(len(order))                           # item i's path is paths[at[i]]
+        for b in range(0, len(w_rows), per_block):
+            yield pa.table({"item_id": pa.array(ids[w + b:w + b + per_block], pa.int64()),
+                            "image": paths.take(pa.array(at[b:b + per_block]))})   # a compact copy
 
 
 # ------------------------------------------------------------------ Ray Data stages (stateless)
@@ -124,6 +190,27 @@ def read_batch(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.nda
     return {"item_id": batch["item_id"], "error": errors, "data": data}
 
 
+def _return_freed_buffers(threshold: int = 1 << 20) -> None:
+    """glibc: serve allocations >= `threshold` with their own mmap, so they go back to the OS when
+    freed, instead of staying in the heap.
+
+    By default glibc raises this threshold after the first large free (up to 32 MB), and the
+    freed model-building copies and per-batch crop buffers then stay resident. Building both
+    models in a Ray actor (measured, issue 9): peak 881 MB, kept 659 MB; with this 848 / 573 MB,
+    and no CPU cost on batches (crop buffers of failed images are never touched). Another C
+    library: nothing to do.
+    """
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt(-3, threshold)        # M_MMAP_THRESHOLD (fixed: no dynamic raise)
+        libc.mallopt(-1, 2 * threshold)    # M_TRIM_THRESHOLD: give back a freed heap top beyond it
+    except (OSError, AttributeError):
+        pass
+
+
 class FeatureActor:
     """Callable class on the actor pool: loads both models once, runs each batch.
 
@@ -133,9 +220,11 @@ class FeatureActor:
     """
 
     def __init__(self, ecfg: Any, decode_on_device: bool, max_pixels: int, max_bytes: int) -> None:
-        from models.vision.extractor import ImageFeatureExtractor
+        _return_freed_buffers()
+        from models.vision.extractor import ExtractorConfig, ImageFeatureExtractor
 
-        self.x = ImageFeatureExtractor(ecfg)
+        # ecfg: an ExtractorConfig, or its fields (what the torch-free driver sends)
+        self.x = ImageFeatureExtractor(ExtractorConfig(**ecfg) if isinstance(ecfg, dict) else ecfg)
         self.decode_on_device = decode_on_device
         self.device = self.x.backend.device
         from models.vision.decode import DecodeLimits
@@ -190,8 +279,6 @@ def _cluster_gpus() -> int:
 
 def _placement(cfg: ExtractConfig) -> tuple[int, str, bool]:
     """(GPU actors or 0, backend name to record, decode on device?)."""
-    from models.vision.backends import select_backend
-
     if cfg.backend == "cpu" or cfg.gpus == 0:
         if cfg.backend in ("cuda", "tensorrt"):
             raise JobError(f"--backend {cfg.backend} needs GPU actors; drop --gpus 0 or use --backend cpu")
@@ -210,18 +297,70 @@ def _placement(cfg: ExtractConfig) -> tuple[int, str, bool]:
     import ray
 
     # The driver may have no GPU (a CPU head): resolve `auto` where the actors will run.
-    backend = ray.get(ray.remote(num_gpus=1)(select_backend).remote(cfg.backend))
+    backend = ray.get(ray.remote(num_gpus=1)(_select_backend).remote(cfg.backend))
     return gpus, backend, cfg.decode in ("auto", "gpu")
 
 
-def _extractor_config(cfg: ExtractConfig, backend: str, threads: int):
-    from models.vision.extractor import ExtractorConfig
-
-    return ExtractorConfig(
+def _extractor_config(cfg: ExtractConfig, backend: str, threads: int) -> dict[str, Any]:
+    """The actors' ExtractorConfig as plain fields (building the class would import torch here)."""
+    return dict(
         vgg_weights=cfg.vgg_weights, yolo_weights=cfg.yolo_weights, yolo_onnx=cfg.yolo_onnx,
         random_weights=cfg.random_weights, seed=cfg.seed, backend=backend, precision=cfg.precision,
         vgg_size=cfg.vgg_size, yolo_size=cfg.yolo_size, max_batch=cfg.batch_size, threads=threads,
         engine_cache=cfg.engine_cache)
+
+
+BACKENDS = ("cpu", "cuda", "tensorrt")   # where the actors may run (`auto` is resolved on their node)
+
+
+def model_plan(cfg: ExtractConfig) -> dict[str, Any]:
+    """Check every weight file the actors will load, and the store's producer metadata per backend.
+
+    {"yolo_size": (h, w), "producers": {backend: producers dict, or the ModelError that running
+    on that backend would raise (e.g. a precision it lacks)}}: plain data, so that it can come
+    from a child process. Raises ModelError for missing/malformed/unsafe weights.
+    """
+    from models.errors import ModelError
+    from models.vision.extractor import ExtractorConfig, check_weights, plan_producers
+
+    weights = check_weights(ExtractorConfig(**_extractor_config(cfg, "cpu", 0)))
+    producers: dict[str, Any] = {}
+    for backend in BACKENDS:
+        try:
+            producers[backend] = plan_producers(ExtractorConfig(**_extractor_config(cfg, backend, 0)), backend,
+                                                weights)
+        except ModelError as e:
+            producers[backend] = e
+    return {"yolo_size": tuple(weights.yolo_size), "producers": producers}
+
+
+def start_model_plan(cfg: ExtractConfig) -> Callable[[], dict[str, Any]]:
+    """Start `model_plan`; returns the call that waits for its result (or raises its error).
+
+    In a short-lived child process unless torch is loaded here already: checking weights needs
+    torch (~275 MB of heap once imported, never given back); the driver needs none otherwise,
+    and that is a sixth of the whole job's memory on one node (issue 9). The child (a few
+    seconds: importing torch) runs while the driver reads the manifest.
+    """
+    import sys
+
+    if "torch" in sys.modules:
+        plan = model_plan(cfg)                  # errors raised now, as before
+        return lambda: plan
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"))
+    future = pool.submit(model_plan, cfg)
+    pool.shutdown(wait=False)                   # the child exits once the plan is done
+    return future.result                        # raises the child's ModelError
+
+
+def _select_backend(name: str) -> str:
+    """Resolve `name` ('auto') where this runs (a GPU actor's node), importing torch there only."""
+    from models.vision.backends import select_backend
+
+    return select_backend(name)
 
 
 def _check(cfg: ExtractConfig) -> None:
@@ -242,23 +381,59 @@ def _check(cfg: ExtractConfig) -> None:
 BLOCK_BATCHES = 16   # model batches per Ray Data input block (see build_dataset)
 
 
-def build_dataset(cfg: ExtractConfig, ids: np.ndarray, images: Any, ecfg: Any, gpus: int,
+def block_rows(cfg: ExtractConfig, items: int, gpus: int) -> int:
+    """Items per Ray Data input block: up to BLOCK_BATCHES batches, but at least ~4 blocks per actor.
+
+    So every actor (and the decode tasks) has work from the start. Not one block per batch: each
+    block and its task cost the driver Ray Data bookkeeping (~74 KB per block with `from_arrow`,
+    ~3 KB with `dataset_from_blocks`; issue 9), ~10 ms of scheduling, and the store a commit.
+    """
+    actors = max(gpus or cfg.cpu_actors, 1)
+    return cfg.batch_size * max(1, min(BLOCK_BATCHES, items // (4 * actors * cfg.batch_size)))
+
+
+def dataset_from_blocks(blocks: Iterator[Any]):
+    """A Ray Dataset of pyarrow tables put in the object store one by one, as they come.
+
+    What `ray.data.from_blocks` does, for a generator: each block's metadata is computed here.
+    `ray.data.from_arrow_refs` (the public route from refs) runs a Ray task per block for it,
+    which cost the driver ~40 KB of native memory per block (+73 MB for 1,563 blocks against
+    +14 MB this way, measured) and a worker process. Falls back to it if Ray's internals moved.
+    """
+    import ray
+
+    refs: list[Any] = []
+    metas: list[Any] = []
+    try:
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.block import BlockMetadataWithSchema
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+    except ImportError:
+        return ray.data.from_arrow_refs([ray.put(t) for t in blocks])  # type: ignore[misc]
+    for t in blocks:
+        refs.append(ray.put(t))
+        metas.append(BlockMetadataWithSchema.from_block(t))
+    ctx = DataContext.get_current().copy()
+    return MaterializedDataset(LogicalPlan(FromArrow(refs, metas), ctx), ctx,
+                               DatasetStats(metadata={"FromArrow": metas}, parent=None))  # as from_blocks does
+
+
+def build_dataset(cfg: ExtractConfig, blocks: Iterator[Any], ecfg: Any, gpus: int,
                   on_device: bool, yolo_size: tuple[int, int]):
-    """The Ray Data pipeline: items -> (bytes | decoded crops) -> features on the actor pool."""
-    import pyarrow as pa
+    """The Ray Data pipeline: item blocks -> (bytes | decoded crops) -> features on the actor pool.
+
+    Each (item_id, image) block goes to the object store as it is cut (`item_blocks`), so the
+    driver holds one block's paths at a time, not the archive's.
+    """
     import ray
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False                 # our own Progress lines, CI-log friendly
     ctx.enable_operator_progress_bars = False
-    table = pa.table({"item_id": pa.array(ids, pa.int64()), "image": pa.array(images).cast(pa.string())})
-    # Blocks of up to BLOCK_BATCHES batches, but at least ~4 blocks per actor so every actor (and the
-    # decode tasks) has work from the start. Not one block per batch: each block and its task cost
-    # the driver a few KB of Ray Data bookkeeping (~4.6 KB per item at 16 per block, measured:
-    # 4.5 GB at 10^6 items, issue 9) and the store a commit per result block.
-    actors = max(gpus or cfg.cpu_actors, 1)
-    per_block = cfg.batch_size * max(1, min(BLOCK_BATCHES, len(ids) // (4 * actors * cfg.batch_size)))
-    ds = ray.data.from_arrow([table.slice(i, per_block) for i in range(0, len(ids), per_block)])
+    ds = dataset_from_blocks(blocks)
     if on_device:
         ds = ds.map_batches(read_batch, fn_kwargs={"max_bytes": cfg.max_bytes}, batch_size=cfg.batch_size,
                             batch_format="numpy", num_cpus=0.5)
@@ -289,7 +464,20 @@ def _node_cpus() -> int:
         return os.cpu_count() or 1
 
 
-def _extract(cfg: ExtractConfig, store: Any, producers: dict, ids: np.ndarray, images: Any,
+def committed(w_ic: Any, w_od: Any, ids: np.ndarray, chunk: int = 65536) -> np.ndarray:
+    """Bool mask: ids with a value in both views. Looked up a chunk at a time, since the store's
+    `existing` makes a bytes key per id (Python objects per row: ~100 MB at 10^6 ids at once)."""
+    done = np.zeros(len(ids), dtype=bool)
+    for i in range(0, len(ids), chunk):
+        part = ids[i:i + chunk]
+        have = w_ic.existing(part)
+        if have.any():
+            have[have] &= w_od.existing(part[have])
+        done[i:i + chunk] = have
+    return done
+
+
+def _extract(cfg: ExtractConfig, store: Any, producers: dict, posts: Path, ids: np.ndarray, rows: np.ndarray,
              ecfg: Any, gpus: int, on_device: bool, yolo_size: tuple[int, int], backend: str):
     """Create the views, skip committed ids, run the pipeline, commit each batch as it arrives."""
     from jobs._progress import Progress
@@ -299,16 +487,17 @@ def _extract(cfg: ExtractConfig, store: Any, producers: dict, ids: np.ndarray, i
     failed: Counter[str] = Counter()
     ok = 0
     with store.writer(IC_VIEW) as w_ic, store.writer(OD_VIEW) as w_od:
-        done = w_ic.existing(ids) & w_od.existing(ids)
+        done = committed(w_ic, w_od, ids)
         todo = np.flatnonzero(~done)
         if cfg.limit:
-            todo = todo[:cfg.limit]
+            todo = todo[:cfg.limit]                   # the lowest item ids, as before
         log.info("extract: %d distinct images, %d already committed, %d to do (backend %s, %s actors, decode %s)",
                  len(ids), int(done.sum()), len(todo), backend, gpus or cfg.cpu_actors,
                  "gpu" if on_device else "cpu")
         progress = Progress("extract", total=len(todo), unit="img")
         if len(todo):
-            ds = build_dataset(cfg, ids[todo], images.take(todo), ecfg, gpus, on_device, yolo_size)
+            blocks = item_blocks(posts, ids[todo], rows[todo], block_rows(cfg, len(todo), gpus))
+            ds = build_dataset(cfg, blocks, ecfg, gpus, on_device, yolo_size)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
                 n_ok, reasons = write_batch(w_ic, w_od, batch)
                 ok += n_ok
@@ -323,20 +512,27 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
     """Extract IC and OD features for every not-yet-committed item; returns the summary."""
     from featurestore import Store
     from jobs._ray import init_ray
-    from models.vision.extractor import check_weights, plan_producers
 
     _check(cfg)
-    weights = check_weights(_extractor_config(cfg, "cpu", 0))   # bad/unsafe weights: refused before Ray
-    ids, images = unique_items(cfg.posts_path())
+    plan_result = start_model_plan(cfg)         # bad/unsafe weights: refused before Ray
+    posts = cfg.posts_path()
+    try:
+        ids, rows = item_index(posts)
+    except InputError:
+        plan_result()                           # a weights error is still the one reported first
+        raise
+    plan = plan_result()
     init_ray(cfg.ray_address, cfg.num_cpus)
     gpus, backend, on_device = _placement(cfg)
     threads = cfg.threads or max(1, _node_cpus() // cfg.cpu_actors)
     ecfg = _extractor_config(cfg, backend, threads if not gpus else 0)
-    producers = plan_producers(ecfg, backend, weights)
+    producers = plan["producers"][backend]
+    if isinstance(producers, Exception):        # e.g. a --precision this backend lacks
+        raise producers
 
     with Store.open(cfg.store_path(), create=True) as store:
-        rate, ok, failed, done, todo = _extract(cfg, store, producers, ids, images, ecfg, gpus, on_device,
-                                                weights.yolo_size, backend)
+        rate, ok, failed, done, todo = _extract(cfg, store, producers, posts, ids, rows, ecfg, gpus, on_device,
+                                                plan["yolo_size"], backend)
     summary = {"images": int(len(ids)), "skipped_committed": int(done.sum()), "processed": int(len(todo)),
                "ok": ok, "failed": int(sum(failed.values())), "failed_by_reason": dict(sorted(failed.items())),
                "images_per_s": round(rate, 3), "backend": backend, "precision": producers["vgg16"]["precision"],

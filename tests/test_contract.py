@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from jobs.contract import item_ids_for_images, iter_posts, read_edges, read_posts
+from jobs.contract import check_posts, item_ids_for_images, iter_posts, read_edges, read_posts
 from jobs.errors import InputError
 
 
@@ -104,6 +104,74 @@ def test_iter_posts_streams_in_batches(tmp_path):
     full = read_posts(path)
     assert got.column("item_id").to_pylist() == full.column("item_id").to_pylist()
     assert got.column("image").to_pylist() == full.column("image").to_pylist()
+
+
+def _grouped(tmp_path, n=40, **over):
+    """posts.parquet of n valid posts (post_id = 3 * row) in row groups of 6, with columns replaced."""
+    cols = {"post_id": pa.array(np.arange(n) * 3), "user_id": pa.array(np.arange(n) % 5),
+            "image": pa.array([f"{i % 7}.jpg" for i in range(n)]),
+            "tags": pa.array([["t", f"u{i % 3}"] for i in range(n)], pa.list_(pa.string()))}
+    cols.update(over)
+    path = tmp_path / "grouped.parquet"
+    pq.write_table(pa.table({k: v for k, v in cols.items() if v is not None}), path, row_group_size=6)
+    assert pq.ParquetFile(path).num_row_groups == -(-n // 6)
+    return path
+
+
+_INT64 = pa.int64()
+
+
+def _with(values, rows, to, type_=_INT64):
+    """`values` as a pyarrow array, with the given rows replaced by `to` (a value, or row -> value)."""
+    vals = list(values)
+    for r in rows:
+        vals[r] = to(r) if callable(to) else to
+    return pa.array(vals, type_)
+
+
+_IDS = np.arange(40) * 3
+_TAGS = [["t", f"u{i % 3}"] for i in range(40)]
+
+
+@pytest.mark.parametrize(
+    "over, match",
+    [
+        # duplicates whose copies sit in different row groups (and batches)
+        ({"post_id": _with(_IDS, [33, 20], lambda r: {33: 6, 20: 15}[r])},
+         r"'post_id' must be unique; 2 duplicated value\(s\): \[6, 15\]$"),
+        ({"user_id": _with(np.arange(40) % 5, [1, 13, 25, 31, 37, 39], None)},
+         r"'user_id' has 6 null value\(s\), at rows \[1, 13, 25, 31, 37\] and 1 more$"),
+        ({"item_id": _with(np.arange(40) % 9, [3, 38], -1)}, r"'item_id' must be >= 0; negative at rows \[3, 38\]$"),
+        ({"tags": _with(_TAGS, [30], None, pa.list_(pa.string()))}, r"'tags' has null lists at rows \[30\]"),
+        ({"tags": _with(_TAGS, [7, 19, 20], lambda r: ["ok", " "] if r != 20 else [None], pa.list_(pa.string()))},
+         r"null or empty tag strings at rows \[7, 19, 20\]$"),
+        ({"image": _with([f"{i}.jpg" for i in range(40)], [26], None, pa.string())}, r"explicit 'item_id'"),
+        ({"user_id": pa.array(np.arange(40) % 5, pa.int32())}, r"'user_id' must be int64, found int32"),
+        # several violations: the first in the contract's order wins, not the first row group's
+        ({"tags": _with(_TAGS, [0], None, pa.list_(pa.string())), "post_id": _with(_IDS, [35], 3)},
+         r"'post_id' must be unique; 1 duplicated value\(s\): \[3\]$"),
+    ],
+)
+def test_streamed_check_gives_read_posts_errors(tmp_path, over, match):
+    """check_posts reads a batch at a time (here 4 rows, across row groups of 6) and must raise
+    exactly what read_posts raises on the whole table: global rows, totals, the same first error."""
+    path = _grouped(tmp_path, **over)
+    with pytest.raises(InputError, match=match) as whole:
+        read_posts(path)
+    for batch_rows in (4, 13, 65536):
+        with pytest.raises(InputError) as streamed:
+            check_posts(path, batch_rows=batch_rows)
+        assert str(streamed.value) == str(whole.value)
+
+
+def test_streamed_check_accepts_valid_posts_and_counts_them(tmp_path):
+    assert check_posts(_grouped(tmp_path), batch_rows=4) == 40
+    with pytest.raises(InputError, match="does not exist"):
+        check_posts(tmp_path / "nope.parquet")
+    bad = tmp_path / "bad.parquet"
+    bad.write_bytes(b"not parquet at all")
+    with pytest.raises(InputError, match="not a readable Parquet"):
+        check_posts(bad)
 
 
 def test_edges_report_and_errors(tmp_path):

@@ -19,7 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from jobs.extract import IC_VIEW, OD_VIEW, ExtractConfig, run
+from jobs.errors import InputError
+from jobs.extract import IC_VIEW, OD_VIEW, ExtractConfig, committed, item_blocks, item_index, run
 from models.errors import ModelError
 
 SIZE = 64
@@ -164,6 +165,58 @@ def test_rerun_skips_committed_and_limit_then_resume_matches(full_run):
         np.testing.assert_array_equal(a[view][0], b[view][0])
         assert a[view][1].tobytes() == b[view][1].tobytes()          # bit-identical values
         assert a[view][2:4] == b[view][2:4]
+
+
+def test_committed_lookup_in_chunks_matches_the_store(full_run):
+    from featurestore import Store
+
+    tmp, _, bad, _ = full_run
+    ids = np.array([99, 100, 101, 150, 200, 103, 105, 104, 7], np.int64)   # 200: an error record, not a value
+    with Store.open(tmp / "store") as st, st.writer(IC_VIEW) as w_ic, st.writer(OD_VIEW) as w_od:
+        want = w_ic.existing(ids) & w_od.existing(ids)
+        assert want.tolist() == [False, True, True, False, False, True, True, True, False]
+        for chunk in (1, 2, 4, 100):
+            assert committed(w_ic, w_od, ids, chunk=chunk).tolist() == want.tolist()
+
+
+def test_item_index_and_blocks_stream_the_manifest(tmp_path):
+    """Distinct items (ids derived from images) and their first rows, streamed in 20-row batches
+    over 32-row groups; blocks carry each item's own absolute path, in manifest order."""
+    from jobs.contract import read_posts
+
+    n = 300
+    images = [f"img/{(i * 37) % 97}.jpg" for i in range(n)]          # 97 photos, most posted 3-4 times
+    t = pa.table({"post_id": pa.array(np.arange(n) + 1000), "user_id": pa.array(np.arange(n) % 11),
+                  "image": pa.array(images), "tags": pa.array([["t"]] * n, pa.list_(pa.string()))})
+    path = tmp_path / "posts.parquet"
+    pq.write_table(t, path, row_group_size=32)
+    full = read_posts(path)                                            # the whole-table reference
+    item_of_row = full.column("item_id").to_numpy()
+    want_ids, want_rows = np.unique(item_of_row, return_index=True)
+    ids, rows = item_index(path, batch_rows=20)
+    assert len(ids) == 97
+    np.testing.assert_array_equal(ids, want_ids)
+    np.testing.assert_array_equal(rows, want_rows)
+    sel = np.flatnonzero(np.arange(len(ids)) % 3 != 1)                 # some items already done
+    path_of_row = full.column("image").to_pylist()
+    for window in (0, 21, 10):                                          # 1, 4 and 7 passes over the manifest
+        blocks = list(item_blocks(path, ids[sel], rows[sel], per_block=7, batch_rows=20, window=window))
+        assert [b.num_rows for b in blocks[:-1]] == [7] * (len(blocks) - 1) and 0 < blocks[-1].num_rows <= 7
+        got = pa.concat_tables(blocks)
+        assert got.schema.types == [pa.int64(), pa.string()]
+        assert got.column("item_id").to_numpy().tolist() == ids[sel].tolist()      # key order kept
+        assert got.column("image").to_pylist() == [path_of_row[r] for r in rows[sel]]
+    assert got.column("image")[0].as_py() == str(tmp_path.resolve() / images[rows[sel][0]])
+
+
+def test_bad_manifest_is_refused_before_ray_with_the_contract_message(tmp_path):
+    n = 20
+    t = pa.table({"post_id": pa.array(np.r_[np.arange(n - 1), 3]), "user_id": pa.array(np.zeros(n, np.int64)),
+                  "image": pa.array([f"{i}.jpg" for i in range(n)]), "tags": pa.array([["t"]] * n, pa.list_(pa.string()))})
+    pq.write_table(t, tmp_path / "posts.parquet", row_group_size=4)       # the duplicate 3 spans groups
+    with pytest.raises(InputError, match=r"'post_id' must be unique; 1 duplicated value\(s\): \[3\]"):
+        run(config(tmp_path, tmp_path / "posts.parquet"))
+    assert not (tmp_path / "store").exists()
 
 
 def test_refuses_without_weights(tmp_path):

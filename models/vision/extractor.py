@@ -8,6 +8,8 @@ producer metadata says so.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -174,6 +176,15 @@ class WeightsInfo:
     yolo_size: tuple[int, int]
 
 
+@contextlib.contextmanager
+def _copy_to_meta_is_intended():
+    """Silence torch's per-tensor warning that loading into a meta model copies nothing: here
+    only the names and shapes are being checked."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter.*")
+        yield
+
+
 def check_weights(cfg: ExtractorConfig) -> WeightsInfo:
     """Load and check every weight file the actors will load, without building models.
 
@@ -183,7 +194,7 @@ def check_weights(cfg: ExtractorConfig) -> WeightsInfo:
     check_config(cfg)
     state, vgg_digest = weights_source(cfg.vgg_weights, cfg.seed, "--vgg-weights")
     if state is not None:     # names/shapes checked on a meta-device model (no init cost)
-        with torch.device("meta"):
+        with torch.device("meta"), _copy_to_meta_is_intended():
             load_vgg16_state_dict(VGG16GAP(), state, cfg.vgg_weights)
     if cfg.yolo_onnx:
         from models.vision.onnx_detector import check_onnx_detector
@@ -192,7 +203,7 @@ def check_weights(cfg: ExtractorConfig) -> WeightsInfo:
         return WeightsInfo(vgg_digest, spec.digest, f"onnx-{spec.layout}", spec.input_size)
     state, yolo_digest = weights_source(cfg.yolo_weights, cfg.seed, "--yolo-weights")
     if state is not None:
-        with torch.device("meta"):
+        with torch.device("meta"), _copy_to_meta_is_intended():
             load_yolov2_state_dict(YOLOv2Features(), state, cfg.yolo_weights)
     return WeightsInfo(vgg_digest, yolo_digest, "yolov2-darknet19", (cfg.yolo_size, cfg.yolo_size))
 

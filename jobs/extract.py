@@ -402,23 +402,28 @@ def dataset_from_blocks(blocks: Iterator[Any]):
     """
     import ray
 
-    refs: list[Any] = []
-    metas: list[Any] = []
     try:
-        from ray.data._internal.logical.interfaces import LogicalPlan
-        from ray.data._internal.logical.operators.from_operators import FromArrow
-        from ray.data._internal.stats import DatasetStats
         from ray.data.block import BlockMetadataWithSchema
-        from ray.data.context import DataContext
-        from ray.data.dataset import MaterializedDataset
     except ImportError:
         return ray.data.from_arrow_refs([ray.put(t) for t in blocks])  # type: ignore[misc]
+    refs: list[Any] = []
+    metas: list[Any] = []
     for t in blocks:
         refs.append(ray.put(t))
         metas.append(BlockMetadataWithSchema.from_block(t))
-    ctx = DataContext.get_current().copy()
-    return MaterializedDataset(LogicalPlan(FromArrow(refs, metas), ctx), ctx,
-                               DatasetStats(metadata={"FromArrow": metas}, parent=None))  # as from_blocks does
+    try:  # as ray.data.from_blocks builds it
+        from ray.data._internal.logical.interfaces import LogicalPlan
+        from ray.data._internal.logical.operators.from_operators import FromArrow
+        from ray.data._internal.stats import DatasetStats
+        from ray.data.context import DataContext
+        from ray.data.dataset import MaterializedDataset
+
+        ctx = DataContext.get_current().copy()
+        return MaterializedDataset(LogicalPlan(FromArrow(refs, metas), ctx), ctx,
+                                   DatasetStats(metadata={"FromArrow": metas}, parent=None))
+    except (ImportError, TypeError, AttributeError) as e:  # Ray's internals moved: the public route
+        log.info("extract: building the dataset through ray.data.from_arrow_refs (%s)", e)
+        return ray.data.from_arrow_refs(refs)
 
 
 def build_dataset(cfg: ExtractConfig, blocks: Iterator[Any], ecfg: Any, gpus: int,

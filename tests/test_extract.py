@@ -209,6 +209,29 @@ def test_item_index_and_blocks_stream_the_manifest(tmp_path):
     assert got.column("image")[0].as_py() == str(tmp_path.resolve() / images[rows[sel][0]])
 
 
+@pytest.mark.parametrize("internals_moved", [False, True])
+def test_dataset_from_blocks_holds_every_row_whichever_route(ray_local, monkeypatch, internals_moved):
+    """The dataset built from Ray Data's internals, or (when they moved) the public
+    from_arrow_refs route, holds every block's rows in order."""
+    import ray.data.dataset
+
+    from jobs.extract import dataset_from_blocks
+
+    if internals_moved:
+        def moved(*a, **k):
+            raise TypeError("MaterializedDataset() signature changed")
+        monkeypatch.setattr(ray.data.dataset, "MaterializedDataset", moved)
+    blocks = [pa.table({"item_id": pa.array(np.arange(s, s + 5), pa.int64()),
+                        "image": pa.array([f"img{i}.jpg" for i in range(s, s + 5)])}) for s in (0, 5, 10)]
+    ds = dataset_from_blocks(iter(blocks))
+    got = ds.to_arrow_refs()
+    import ray
+
+    table = pa.concat_tables(ray.get(got))
+    assert table.column("item_id").to_pylist() == list(range(15))
+    assert table.column("image").to_pylist()[-1] == "img14.jpg"
+
+
 def test_bad_manifest_is_refused_before_ray_with_the_contract_message(tmp_path):
     n = 20
     t = pa.table({"post_id": pa.array(np.r_[np.arange(n - 1), 3]), "user_id": pa.array(np.zeros(n, np.int64)),

@@ -115,12 +115,12 @@ def bare_loop(paths: list[str], batch: int, threads: int) -> float:
     return time.perf_counter() - t
 
 
-def job(posts: Path, tmp: Path, batch: int, store: str) -> tuple[float, dict]:
+def job(posts: Path, tmp: Path, batch: int, store: str, cpu_actors: int = 1, threads: int = 0) -> tuple[float, dict]:
     """Wall time (s) of `jobs.extract.run` (Ray already up) into a fresh store, and its summary."""
     from jobs.extract import ExtractConfig, run
 
     cfg = ExtractConfig(posts=str(posts), store=str(tmp / store), out=str(tmp / "out"), random_weights=True,
-                        batch_size=batch, backend="cpu")
+                        batch_size=batch, backend="cpu", cpu_actors=cpu_actors, threads=threads)
     t = time.perf_counter()
     summary = run(cfg)
     return time.perf_counter() - t, summary
@@ -191,6 +191,8 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="few images, < 1 min on 2 cores")
     ap.add_argument("--images", type=int, default=0)
     ap.add_argument("--batch", type=int, default=0)
+    ap.add_argument("--cpu-actors", type=int, default=1, help="the job's --cpu-actors")
+    ap.add_argument("--threads", type=int, default=0, help="the job's --threads (0: CPUs / actors)")
     args = ap.parse_args()
     n = args.images or (8 if args.quick else 48)
     batch = args.batch or (4 if args.quick else 8)
@@ -215,7 +217,8 @@ def main() -> None:
         t_bares, t_jobs = [], []
         for r in range(rounds):
             t_bares.append(bare_loop(paths, batch, threads))
-            t, summary = job(tmp / "posts.parquet", tmp, batch, store=f"store{r}")
+            t, summary = job(tmp / "posts.parquet", tmp, batch, store=f"store{r}", cpu_actors=args.cpu_actors,
+                             threads=args.threads)
             t_jobs.append(t)
         t_bare, t_job = min(t_bares), min(t_jobs)
         bare, ours = n / t_bare, summary["ok"] / t_job
@@ -225,6 +228,8 @@ def main() -> None:
               + ", ".join(f"{t:.1f}s" for t in t_bares))
         print(f"{'Ray Data job (jobs.extract)':28} {t_job:7.1f} s {ours:7.3f} img/s   rounds: "
               + ", ".join(f"{t:.1f}s" for t in t_jobs) + f"   (ok {summary['ok']}, failed {summary['failed']})")
+        print(f"job settings: --cpu-actors {args.cpu_actors} --threads {args.threads or 'auto (CPUs / actors)'}; "
+              f"bare loop: one process, {threads} torch threads")
         # The job's extra time is mostly fixed (actor process start, torch import, Ray Data
         # planning); per image both run the same code. Project the ratio at archive scale.
         fixed = t_job - t_bare

@@ -25,7 +25,7 @@ def init_ray(address: str = "", num_cpus: int = 0) -> None:
         log.info("joining Ray cluster at %s", address)
         ray.init(address=address, log_to_driver=True)
         return
-    kw = {"num_cpus": num_cpus} if num_cpus > 0 else {}
     log.info("starting a local Ray (%s CPUs)", num_cpus or os.cpu_count())
     ray.init(include_dashboard=False, log_to_driver=True, runtime_env=env,
-             object_store_memory=int(os.environ.get("TAGREC_OBJECT_STORE_BYTES", 512 * 1024**2)), **kw)
+             object_store_memory=int(os.environ.get("TAGREC_OBJECT_STORE_BYTES", 512 * 1024**2)),
+             num_cpus=num_cpus if num_cpus > 0 else None)

@@ -187,6 +187,20 @@ def _remove_stale_spills(parent: Path) -> None:
             shutil.rmtree(d, ignore_errors=True)
 
 
+def _spill_dir(parent: Path) -> Any:
+    """A TemporaryDirectory for this run's feature files beside the store (stale ones of killed
+    runs removed first), or in the system's temporary directory where that is not writable."""
+    import tempfile
+
+    _remove_stale_spills(parent)
+    prefix = f"{SPILL_PREFIX}{os.getpid()}-"
+    try:
+        return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
+    except OSError as e:  # a read-only store location
+        log.warning("train: cannot write feature files beside the store (%s); using %s", e, tempfile.gettempdir())
+        return tempfile.TemporaryDirectory(prefix=prefix)
+
+
 def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cache: dict) -> dict[str, dict]:
     """Gather the features a model needs into data.train/val (cached across models).
 
@@ -195,14 +209,12 @@ def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cac
     IC + OD in float16, and in the page cache they do not count against the job's heap
     (issue 9). Validation features (one holdout post per user at most) stay in memory.
     """
-    import tempfile
 
     from jobs.features import check_views, gather, last_missing
 
     info = check_views(store, features)  # errors before any work
     if features and "_spill" not in cache:
-        _remove_stale_spills(Path(store).parent)
-        cache["_spill"] = tempfile.TemporaryDirectory(prefix=f"{SPILL_PREFIX}{os.getpid()}-", dir=Path(store).parent)
+        cache["_spill"] = _spill_dir(Path(store).parent)
     for f in features:
         if f not in cache:
             tr = gather(store, *data.train_keys, views=[f], compact=True, spill_dir=cache["_spill"].name)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -78,3 +80,28 @@ def test_train_removes_spills_of_killed_runs_only(tmp_path):
         (d / "f.npy").write_bytes(b"x")
     train._remove_stale_spills(tmp_path)
     assert not dead.exists() and alive.exists() and other.exists()
+
+
+
+def test_train_spills_to_tmp_when_the_store_location_is_read_only(tmp_path, monkeypatch):
+    """A store on a read-only mount: the feature files go to the system temporary directory
+    (root ignores file modes here, so the refusal is simulated at the directory creation)."""
+    import tempfile
+
+    from jobs import train
+
+    ro, scratch = tmp_path / "ro", tmp_path / "scratch"
+    ro.mkdir()
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    real = tempfile.TemporaryDirectory
+
+    def refuse_ro(*a, **k):
+        if k.get("dir") is not None and Path(k["dir"]) == ro:
+            raise PermissionError(13, "Read-only file system", str(ro))
+        return real(*a, **k)
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", refuse_ro)
+    d = train._spill_dir(ro)
+    assert Path(d.name).parent == scratch and Path(d.name).name.startswith(train.SPILL_PREFIX)
+    assert train._spill_dir(tmp_path).name.startswith(str(tmp_path))  # writable: beside the store

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -90,41 +91,11 @@ def gather(store_path: str | Path, user_ids: np.ndarray, item_ids: np.ndarray,
     ~4.8 GB of float16 features, which is what made its memory grow with the archive (issue 9).
     The files are the caller's to delete (a temporary directory).
     """
+    views = resolve_views(views)
+    store = _open_store(store_path) if views else None
+    user_ids, item_ids = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
     if spill_dir is not None:
-        return _gather_spilled(store_path, user_ids, item_ids, views, compact, Path(spill_dir))
-    views = resolve_views(views)
-    store = _open_store(store_path) if views else None
-    user_ids, item_ids = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
-    out: dict[str, np.ndarray] = {}
-    last_missing.clear()
-    for f, name in views.items():
-        ids = item_ids if KEYED_BY[f] == "item" else user_ids
-        try:
-            reader = store.reader(name)  # type: ignore[union-attr]
-        except Exception as e:  # the store's own error names the view; keep its message
-            raise ModelError(f"cannot read view {name} from {store_path}: {e}; run `python -m {WRITER[f]}`") from None
-        uniq, inverse = np.unique(ids, return_inverse=True)  # one read per distinct id
-        values, found = _read_all(reader, uniq)
-        if compact and np.dtype(store.describe(name).dtype) == np.float16:  # type: ignore[union-attr]
-            values = values.astype(np.float16)  # widened from float16 by read_vectors: exact
-        out[f] = values[inverse]
-        out[f"has_{f}"] = found[inverse]
-        last_missing[f] = int((~out[f"has_{f}"]).sum())
-        if last_missing[f]:
-            log.info("features: %d of %d posts have no %s vector (zero vector, has_%s=False)",
-                     last_missing[f], len(ids), name, f)
-    return out
-
-
-def _gather_spilled(store_path: str | Path, user_ids: np.ndarray, item_ids: np.ndarray,
-                    views: Sequence[str] | Mapping[str, str], compact: bool, spill_dir: Path) -> dict[str, np.ndarray]:
-    """`gather` into memory-mapped files, CHUNK posts at a time (one read per distinct id per chunk)."""
-    import uuid
-
-    views = resolve_views(views)
-    store = _open_store(store_path) if views else None
-    user_ids, item_ids = np.asarray(user_ids, np.int64), np.asarray(item_ids, np.int64)
-    spill_dir.mkdir(parents=True, exist_ok=True)
+        Path(spill_dir).mkdir(parents=True, exist_ok=True)
     out: dict[str, np.ndarray] = {}
     last_missing.clear()
     for f, name in views.items():
@@ -132,25 +103,44 @@ def _gather_spilled(store_path: str | Path, user_ids: np.ndarray, item_ids: np.n
         try:
             reader = store.reader(name)  # type: ignore[union-attr]
             info = store.describe(name)  # type: ignore[union-attr]
-        except Exception as e:
+        except Exception as e:  # the store's own error names the view; keep its message
             raise ModelError(f"cannot read view {name} from {store_path}: {e}; run `python -m {WRITER[f]}`") from None
+        # float16 storage: exact either way (read_vectors widened the values from it)
         dtype = np.float16 if compact and np.dtype(info.dtype) == np.float16 else np.float32
-        path = spill_dir / f"{f}-{uuid.uuid4().hex}.npy"
-        values = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(ids), int(info.dim)))
-        has = np.zeros(len(ids), bool)
-        for s in range(0, len(ids), CHUNK):
-            uniq, inverse = np.unique(ids[s:s + CHUNK], return_inverse=True)
-            v, ok = read_vectors(reader, uniq)
-            values[s:s + len(inverse)] = v[inverse]  # float16 storage: exact (v was widened from it)
-            has[s:s + len(inverse)] = ok[inverse]
-        values.flush()
-        del values
-        out[f], out[f"has_{f}"] = np.load(path, mmap_mode="r"), has
-        last_missing[f] = int((~has).sum())
+        if spill_dir is None:
+            out[f], out[f"has_{f}"] = _read_in_memory(reader, ids, dtype)
+        else:
+            out[f], out[f"has_{f}"] = _read_to_file(reader, ids, dtype, int(info.dim), Path(spill_dir) / f)
+        last_missing[f] = int((~out[f"has_{f}"]).sum())
         if last_missing[f]:
             log.info("features: %d of %d posts have no %s vector (zero vector, has_%s=False)",
                      last_missing[f], len(ids), name, f)
     return out
+
+
+def _read_in_memory(reader, ids: np.ndarray, dtype: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(values (n, dim) dtype, found (n,)) in memory, one read per distinct id."""
+    uniq, inverse = np.unique(ids, return_inverse=True)
+    values, found = _read_all(reader, uniq)
+    return values.astype(dtype, copy=False)[inverse], found[inverse]
+
+
+def _read_to_file(reader, ids: np.ndarray, dtype: Any, dim: int, stem: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The same into `<stem>-<random>.npy`, CHUNK posts at a time (one read per distinct id per
+    chunk); the values come back memory-mapped read-only."""
+    import uuid
+
+    path = stem.with_name(f"{stem.name}-{uuid.uuid4().hex}.npy")
+    values = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=(len(ids), dim))
+    has = np.zeros(len(ids), bool)
+    for s in range(0, len(ids), CHUNK):
+        uniq, inverse = np.unique(ids[s:s + CHUNK], return_inverse=True)
+        v, ok = read_vectors(reader, uniq)
+        values[s:s + len(inverse)] = v[inverse]
+        has[s:s + len(inverse)] = ok[inverse]
+    values.flush()
+    del values
+    return np.load(path, mmap_mode="r"), has
 
 
 def read_vectors(reader, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -58,12 +58,10 @@ def _status_kib(pid: int) -> tuple[int, int, int] | None:
 
 
 _TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
-_cpu_seen: dict[int, float] = {}  # pid -> CPU seconds at the last poll (the current measured run)
 
 
-def _proc_table() -> dict[int, tuple[int, int]]:
-    """{pid: (ppid, session id)} of every process, from /proc/<pid>/stat; records each one's
-    CPU seconds (utime + stime) in _cpu_seen."""
+def _proc_table() -> dict[int, tuple[int, int, float]]:
+    """{pid: (ppid, session id, CPU seconds utime + stime)} of every process, from /proc/<pid>/stat."""
     out = {}
     for name in os.listdir("/proc"):
         if not name.isdigit():
@@ -73,20 +71,16 @@ def _proc_table() -> dict[int, tuple[int, int]]:
                 stat = f.read()
         except OSError:
             continue
-        fields = stat[stat.rindex(b")") + 2:].split()   # after "(comm)": state ppid pgrp session
-        out[int(name)] = (int(fields[1]), int(fields[3]))
-        _cpu_now[int(name)] = (int(fields[11]) + int(fields[12])) / _TICK
+        fields = stat[stat.rindex(b")") + 2:].split()   # after "(comm)": state ppid pgrp session ... utime stime
+        out[int(name)] = (int(fields[1]), int(fields[3]), (int(fields[11]) + int(fields[12])) / _TICK)
     return out
 
 
-_cpu_now: dict[int, float] = {}
-
-
-def _tree(root: int) -> list[int]:
-    """The root, its descendants, and the processes of its session."""
+def _tree(root: int) -> dict[int, float]:
+    """{pid: CPU seconds} of the root, its descendants, and the processes of its session."""
     table = _proc_table()
     kids: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
+    for pid, (ppid, _, _) in table.items():
         kids.setdefault(ppid, []).append(pid)
     seen, stack = set(), [root]
     while stack:
@@ -95,16 +89,16 @@ def _tree(root: int) -> list[int]:
             continue
         seen.add(pid)
         stack.extend(kids.get(pid, ()))
-    seen.update(pid for pid, (_, sid) in table.items() if sid == root)
-    return sorted(seen)
+    seen.update(pid for pid, (_, sid, _) in table.items() if sid == root)
+    return {pid: table[pid][2] for pid in sorted(seen) if pid in table}
 
 
-def _tree_rss(root: int) -> tuple[int, int, int, int]:
-    """(sum RSS, processes, sum anon + max shmem, sum file-backed) over the tree."""
+def _tree_rss(root: int, cpu_seen: dict[int, float]) -> tuple[int, int, int, int]:
+    """(sum RSS, processes, sum anon + max shmem, sum file-backed) over the tree; records each
+    process's CPU seconds in cpu_seen (the last value seen per pid)."""
     total, count, anon, shm, file_ = 0, 0, 0, 0, 0
-    for pid in _tree(root):
-        if pid in _cpu_now:
-            _cpu_seen[pid] = _cpu_now[pid]
+    for pid, cpu in _tree(root).items():
+        cpu_seen[pid] = cpu
         st = _status_kib(pid)
         if st is None:
             continue
@@ -124,12 +118,12 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, poll_s: floa
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=full_env, text=True,
                          start_new_session=True)
     peak, peak_n, peak_anon, peak_file = 0, 0, 0, 0
-    _cpu_seen.clear()
+    cpu_seen: dict[int, float] = {}  # pid -> CPU seconds at the last poll
     out_lines: list[str] = []
     reader = threading.Thread(target=lambda: out_lines.extend(p.stdout), daemon=True)  # type: ignore[arg-type]
     reader.start()
     while p.poll() is None:
-        rss, n, anon, file_ = _tree_rss(p.pid)
+        rss, n, anon, file_ = _tree_rss(p.pid, cpu_seen)
         if rss > peak:
             peak, peak_file = rss, file_
         peak_n, peak_anon = max(peak_n, n), max(peak_anon, anon)
@@ -146,7 +140,7 @@ def run_measured(cmd: list[str], env: dict[str, str] | None = None, poll_s: floa
     except (ProcessLookupError, PermissionError):
         pass
     return RunStats(wall, peak, peak_n, p.returncode, "".join(out_lines[-30:]), peak_anon, peak_file,
-                    round(sum(_cpu_seen.values()), 1))
+                    round(sum(cpu_seen.values()), 1))
 
 
 def gib(n: int) -> float:

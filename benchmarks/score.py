@@ -82,21 +82,22 @@ def _kernel_worker(work: str, model_dir: str, k: int, part: int, parts: int, n_m
     from jobs import score as J
     from models import scoring as S
     from models.recsys import load
+    from models.recsys.saved import IdIndex, feature_views, id_vocab, tag_vocabulary
 
     torch.set_num_threads(1)  # as in a Ray worker with num_cpus=1
     model = load(model_dir)
     tm = np.ascontiguousarray(model.tag_matrix(), np.float32)
-    posts = J.read_posts_sorted(J.ScoreConfig(out=work), J.tag_vocabulary(model))  # as the job reads them
+    posts = J.read_posts_sorted(J.ScoreConfig(out=work), tag_vocabulary(model))  # as the job reads them
     rows = np.array_split(np.arange(min(n_max, len(posts["post_id"]))), parts)[part]
     uid, iid = posts["user_id"][rows], posts["item_id"][rows]
     indptr, indices = J._sub_csr(posts["indptr"], posts["indices"], rows)  # --exclude-own-tags, as the job
     store = Store.open(Path(work) / "store", readonly=True)
-    feats = {f: store.reader(v).get_many(iid) for f, v in J.model_features(model).items()}
-    uvocab = J.id_vocab(model, "user")
+    feats = {f: store.reader(v).get_many(iid) for f, v in feature_views(model).items()}
+    uindex = IdIndex(id_vocab(model, "user"))
     batches = []
     for s in range(0, len(uid), batch):
         e = min(s + batch, len(uid))
-        b = {"user_index": J.index_of(uvocab, uid[s:e]), "item_index": np.full(e - s, -1)}
+        b = {"user_index": uindex(uid[s:e]), "item_index": np.full(e - s, -1)}
         for f, (v, found) in feats.items():
             b[f], b[f"has_{f}"] = v[s:e], found[s:e]
         batches.append((b, indptr[s:e + 1] - indptr[s], indices[indptr[s]:indptr[e]]))
@@ -132,10 +133,10 @@ def check_sample(work: Path, model_dir: Path, k: int, n_sample: int = 300, seed:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from jobs import score as J
     from jobs.features import gather
     from models import scoring as S
     from models.recsys import load
+    from models.recsys.saved import feature_views
 
     model = load(model_dir)
     vocab = {t: i for i, t in enumerate(model.tags)}
@@ -146,7 +147,7 @@ def check_sample(work: Path, model_dir: Path, k: int, n_sample: int = 300, seed:
     pos = {p: i for i, p in enumerate(posts.column("post_id").to_numpy())}
     rows = posts.take(pa.array([pos[p] for p in got_rows["post_id"]])).to_pydict()
     uid, iid = np.array(rows["user_id"]), np.array(rows["item_id"])
-    batch = gather(work / "store", uid, iid, views=J.model_features(model))
+    batch = gather(work / "store", uid, iid, views=feature_views(model))
     batch["user_index"] = np.array([{u: i for i, u in enumerate(model.user_ids)}.get(u, -1) for u in uid])
     batch["item_index"] = np.full(len(uid), -1)
     pv, tm = model.post_vectors(batch), model.tag_matrix()

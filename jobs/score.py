@@ -52,9 +52,7 @@ from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs.errors import InputError, JobError
 from models.errors import ModelError
-from models.recsys.saved import IdIndex, id_vocab, index_of, tag_vocabulary  # noqa: F401 (index_of: jobs.score API)
-from models.recsys.saved import feature_views as model_features
-from models.recsys.saved import uses_item_factor as model_uses_item_factor
+from models.recsys.saved import IdIndex, feature_views, id_vocab, tag_vocabulary, uses_item_factor
 
 log = logging.getLogger("jobs.score")
 
@@ -441,7 +439,7 @@ def plan(cfg: ScoreConfig) -> Plan:
     if not store_path.is_dir():
         raise StoreError(f"feature store {store_path} does not exist; pass --store or run jobs.extract first")
     store = Store.open(store_path, create=False, readonly=False)
-    views = model_features(model)
+    views = feature_views(model)
     check_views(store, views, model_dir.name)
     mid = model_id(model, model_dir)
     view = topk_view(mid)
@@ -456,7 +454,7 @@ def plan(cfg: ScoreConfig) -> Plan:
     prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,
                               "producer": producer})
     ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")), views,
-                       model_uses_item_factor(model), str(store_path), cfg.k, cfg.kernel, cfg.batch_size)
+                       uses_item_factor(model), str(store_path), cfg.k, cfg.kernel, cfg.batch_size)
     return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts)
 
 

@@ -190,27 +190,6 @@ def read_batch(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.nda
     return {"item_id": batch["item_id"], "error": errors, "data": data}
 
 
-def _return_freed_buffers(threshold: int = 1 << 20) -> None:
-    """glibc: serve allocations >= `threshold` with their own mmap, so they go back to the OS when
-    freed, instead of staying in the heap.
-
-    By default glibc raises this threshold after the first large free (up to 32 MB), and the
-    freed model-building copies and per-batch crop buffers then stay resident. Building both
-    models in a Ray actor (measured, issue 9): peak 881 MB, kept 659 MB; with this 848 / 573 MB,
-    and no CPU cost on batches (crop buffers of failed images are never touched). Another C
-    library: nothing to do.
-    """
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.mallopt(-3, threshold)        # M_MMAP_THRESHOLD (fixed: no dynamic raise)
-        libc.mallopt(-1, 2 * threshold)    # M_TRIM_THRESHOLD: give back a freed heap top beyond it
-    except (OSError, AttributeError):
-        pass
-
-
 class FeatureActor:
     """Callable class on the actor pool: loads both models once, runs each batch.
 
@@ -220,8 +199,12 @@ class FeatureActor:
     """
 
     def __init__(self, ecfg: Any, decode_on_device: bool, max_pixels: int, max_bytes: int) -> None:
-        _return_freed_buffers()
+        from models.vision import host_memory
         from models.vision.extractor import ExtractorConfig, ImageFeatureExtractor
+
+        # Build with large frees returned to the OS; the extractor then (CPU backend) switches
+        # the allocator to reuse the heap for its batches (models/vision/host_memory.py).
+        host_memory.release_large_frees()
 
         # ecfg: an ExtractorConfig, or its fields (what the torch-free driver sends)
         self.x = ImageFeatureExtractor(ExtractorConfig(**ecfg) if isinstance(ecfg, dict) else ecfg)
@@ -449,7 +432,15 @@ def build_dataset(cfg: ExtractConfig, blocks: Iterator[Any], ecfg: Any, gpus: in
     # On CPU, Ray Data fuses decode_batch into the actor (same resources): decode then runs in the
     # actor process and crops never cross the object store. GPU actors (num_gpus=1) are not fused
     # with the CPU decode tasks, so decoding stays off the GPU actor.
-    resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    if not gpus:
+        # One malloc arena for the whole CPU actor: Ray Data calls the model from its own thread,
+        # whose arena would serve every buffer over 64 MB with a fresh mmap, zero-filled by the
+        # kernel each batch, whatever the actor's heap policy (models/vision/host_memory.py;
+        # measured in the actor: 0.09 -> 0.00 system CPU-s per image).
+        from models.vision.host_memory import ONE_ARENA_ENV
+
+        resources["runtime_env"] = {"env_vars": dict(ONE_ARENA_ENV)}
     return ds.map_batches(
         FeatureActor, batch_size=cfg.batch_size, batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=gpus or cfg.cpu_actors), **resources,

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from models.errors import ModelError
-from models.vision import preprocess
+from models.vision import host_memory, preprocess
 from models.vision.backends import get_backend, select_backend
 from models.vision.heads import LAYOUT_HEADS
 from models.vision.vgg import VGG16GAP, load_vgg16_state_dict
@@ -40,6 +40,7 @@ class ExtractorConfig:
     max_batch: int = 64
     threads: int = 0               # CPU backend: torch threads (0: torch's default)
     engine_cache: str = ""         # TensorRT engine cache folder ("" = default)
+    reuse_heap: bool = True        # CPU backend: keep inference buffers in the heap (host_memory.py)
 
 
 def check_config(cfg: ExtractorConfig) -> None:
@@ -77,6 +78,10 @@ class ImageFeatureExtractor:
         self.precision = self.backend.check_precision(cfg.precision or None)
         self.vgg_digest = self._build_vgg()
         self.yolo_digest, self.yolo_model = self._build_yolo()
+        if self.backend_name == "cpu" and cfg.reuse_heap:
+            # After the build, so its freed copies are not kept: batches then reuse one set of
+            # activation buffers instead of zero-filling fresh mmaps (0.42 -> 0.32 CPU-s/image).
+            host_memory.reuse_heap()
 
     # -- builders
     def _build_vgg(self) -> str:

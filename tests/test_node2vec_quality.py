@@ -112,3 +112,51 @@ def test_negative_sampling_table_uses_each_slot_count():
     counts = np.bincount(walks[walks >= 0], minlength=g.n_nodes)
     slot_counts = np.array([model.wv.get_vecattr(i, "count") for i in range(len(keys))])
     assert np.array_equal(slot_counts, counts[keys])
+
+
+def _gensim_reference(walks: list[np.ndarray], n_nodes: int, cfg: SkipGramConfig, corpus: str):
+    """gensim's own path: Word2Vec(corpus) with its Python vocabulary pass (what fit_word2vec replaced)."""
+    import os
+    import tempfile
+
+    from gensim.models import Word2Vec
+
+    from models.node2vec.skipgram import WalkCorpus, write_corpus_file
+
+    kw = dict(vector_size=cfg.dim, window=cfg.window, min_count=0, sg=1, hs=0, negative=cfg.negative,
+              sample=cfg.sample, alpha=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed, workers=1)
+    if corpus == "file":
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "walks.txt")
+            write_corpus_file(walks, path)
+            return Word2Vec(corpus_file=path, **kw)
+    return Word2Vec(WalkCorpus(walks, offset=n_nodes), **kw)
+
+
+@pytest.mark.parametrize("corpus", ["memory", "file"])
+def test_numpy_vocabulary_gives_gensims_model_bit_for_bit(corpus):
+    from models.node2vec import random_walks
+    from models.node2vec.skipgram import fit_word2vec
+
+    # A directed graph with sinks, so walks stop early and carry -1 padding; several blocks,
+    # and node 0 (dense id 0) appearing late, so first-occurrence order != id order.
+    src, dst, _ = planted_graph(n_comm=3, size=20, seed=7)
+    g = build_graph(np.r_[src, 5000, 5001], np.r_[dst, 5001, 5002], directed=True)
+    walks = random_walks(g, 12, 3, 0.5, 2.0, seed=3)
+    assert (walks < 0).any()
+    blocks = [walks[::-1][:25], walks[::-1][25:26], walks[::-1][26:]]
+    cfg = SkipGramConfig(dim=8, window=3, workers=1, seed=2, epochs=2, corpus=corpus)
+    ours, keys = fit_word2vec(blocks, g.n_nodes, cfg)
+    ref = _gensim_reference(blocks, g.n_nodes, cfg, corpus)
+    assert list(ours.wv.index_to_key) == list(ref.wv.index_to_key)
+    assert ours.corpus_count == ref.corpus_count and ours.corpus_total_words == ref.corpus_total_words
+    assert np.array_equal(ours.wv.vectors, ref.wv.vectors)
+
+
+def test_walk_vocab_counts_and_first_occurrence():
+    from models.node2vec.skipgram import walk_vocab
+
+    blocks = [np.array([[3, 1, -1], [1, 4, 3]], np.int32), np.array([[0, 0, 3]], np.int32)]
+    nodes, counts, rows, tokens = walk_vocab(blocks, n_nodes=6)
+    assert nodes.tolist() == [3, 1, 4, 0] and counts.tolist() == [3, 2, 1, 2]
+    assert (rows, tokens) == (3, 8)

@@ -96,8 +96,40 @@ def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfi
     return out
 
 
+def walk_vocab(walks: Sequence[np.ndarray], n_nodes: int) -> tuple[np.ndarray, np.ndarray, int, int]:
+    """What gensim's vocabulary pass finds, with numpy instead of a Python loop per token.
+
+    Returns (nodes (V,) int64 in order of first occurrence, row-major over the blocks as the
+    corpus yields them; their counts (V,) int64; walks (rows, padded or not); tokens).
+    The order matters: gensim sorts the vocabulary by count with a non-stable argsort over
+    this insertion order, so the same order gives the same model bit for bit. At 10^6 users x
+    10 walks x 80 this takes seconds where gensim's `build_vocab` took ~8 minutes.
+    """
+    counts = np.zeros(n_nodes, np.int64)
+    first = np.full(n_nodes, -1, np.int64)     # position of the node's first token (-1: not yet)
+    pos = rows = 0
+    for block in walks:
+        flat = np.asarray(block).reshape(-1)   # (rows x length,) row-major = corpus order
+        rows += block.shape[0]
+        ids = flat[flat >= 0]                  # padding is dropped, as WalkCorpus does
+        counts += np.bincount(ids, minlength=n_nodes)
+        new = first[ids] < 0                   # tokens of nodes not seen before this block
+        if new.any():
+            at = np.flatnonzero(new)
+            nodes, i = np.unique(ids[at], return_index=True)
+            first[nodes] = pos + at[i]
+        pos += ids.size
+    seen = np.flatnonzero(counts)
+    order = seen[np.argsort(first[seen], kind="stable")]
+    return order, counts[order], rows, pos
+
+
 def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig):
-    """(gensim Word2Vec model, (vocab,) int64 dense node id of each vector row)."""
+    """(gensim Word2Vec model, (vocab,) int64 dense node id of each vector row).
+
+    Same model as `Word2Vec(corpus, ...)` (tested bit for bit with one worker), but the
+    vocabulary comes from `walk_vocab` and training streams the corpus once.
+    """
     from gensim.models import Word2Vec
 
     cfg.check()
@@ -107,13 +139,22 @@ def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig)
     kw = dict(vector_size=cfg.dim, window=cfg.window, min_count=0, sg=1, hs=0, negative=cfg.negative,
               sample=cfg.sample, alpha=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed,
               workers=cfg.workers or os.cpu_count() or 1)
+    nodes, counts, n_walks, n_tokens = walk_vocab(walks, n_nodes)
+    model = Word2Vec(**kw)
+    offset = 0 if cfg.corpus == "file" else n_nodes   # file tokens are the ids as text
+    keys = (nodes + offset).tolist()
+    model.build_vocab_from_freq({(str(k) if cfg.corpus == "file" else k): int(c)
+                                 for k, c in zip(keys, counts.tolist())}, corpus_count=n_walks)
+    model.corpus_total_words = n_tokens
+    train = dict(total_examples=n_walks, total_words=n_tokens, epochs=model.epochs, start_alpha=model.alpha,
+                 end_alpha=model.min_alpha, compute_loss=model.compute_loss)
     if cfg.corpus == "file":
         with tempfile.TemporaryDirectory(prefix="walks-") as d:
             path = os.path.join(d, "walks.txt")
             write_corpus_file(walks, path)
-            model = Word2Vec(corpus_file=path, **kw)
+            model.train(corpus_file=path, **train)
         keys = np.asarray([int(k) for k in model.wv.index_to_key], np.int64)  # str keys from the file
     else:
-        model = Word2Vec(WalkCorpus(walks, offset=n_nodes), **kw)
+        model.train(corpus_iterable=WalkCorpus(walks, offset=n_nodes), **train)
         keys = np.asarray(model.wv.index_to_key, np.int64) - n_nodes
     return model, keys

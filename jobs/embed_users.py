@@ -270,7 +270,11 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
         t_walk = time.perf_counter() - t0
         steps = sum(int((b >= 0).sum()) for b in blocks)
         t0 = time.perf_counter()
-        vecs = train_skipgram(blocks, graph.n_nodes, sg)
+        n_walks = sum(len(b) for b in blocks)
+        prog = Progress("embed_users skip-gram", total=n_walks * sg.epochs if sg.corpus == "memory" else None,
+                        unit="walks", every_s=30.0)
+        vecs = train_skipgram(blocks, graph.n_nodes, sg, on_walks=prog.update)
+        prog.close()
         t_sg = time.perf_counter() - t0
         del blocks
     try:

@@ -160,3 +160,15 @@ def test_walk_vocab_counts_and_first_occurrence():
     nodes, counts, rows, tokens = walk_vocab(blocks, n_nodes=6)
     assert nodes.tolist() == [3, 1, 4, 0] and counts.tolist() == [3, 2, 1, 2]
     assert (rows, tokens) == (3, 8)
+
+
+def test_skipgram_reports_progress_per_block_every_epoch():
+    from models.node2vec import random_walks
+
+    src, dst, _ = planted_graph(n_comm=2, size=20, seed=3)
+    g = build_graph(src, dst)
+    walks = random_walks(g, 8, 3, 1.0, 1.0, seed=0)
+    seen: list[int] = []
+    train_skipgram([walks[:10], walks[10:]], g.n_nodes, SkipGramConfig(dim=8, window=2, workers=1, epochs=2),
+                   on_walks=seen.append)
+    assert seen == [10, len(walks) - 10] * 2

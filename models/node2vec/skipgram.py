@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -60,9 +60,11 @@ class WalkCorpus:
     walks: sequence of int arrays (n_walks_i, walk_length); iterated in order.
     """
 
-    def __init__(self, walks: Sequence[np.ndarray], offset: int) -> None:
+    def __init__(self, walks: Sequence[np.ndarray], offset: int,
+                 on_walks: Callable[[int], None] | None = None) -> None:
         self.walks = walks
         self.offset = np.int64(offset)  # token = node id + offset (see the module docstring)
+        self.on_walks = on_walks        # called with each block's walk count once it is handed out
 
     def __iter__(self) -> Iterator[list[int]]:
         for block in self.walks:
@@ -70,6 +72,8 @@ class WalkCorpus:
                 if row[-1] < 0:
                     row = row[row >= 0]
                 yield (row + self.offset).tolist()
+            if self.on_walks is not None:
+                self.on_walks(len(block))
 
 
 def write_corpus_file(walks: Sequence[np.ndarray], path: str, rows_per_chunk: int = 65536) -> None:
@@ -85,12 +89,14 @@ def write_corpus_file(walks: Sequence[np.ndarray], path: str, rows_per_chunk: in
                 fh.write("\n".join(lines) + "\n")
 
 
-def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig) -> np.ndarray:
+def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig,
+                   on_walks: Callable[[int], None] | None = None) -> np.ndarray:
     """Node vectors (n_nodes, dim) float32 from walks over dense ids 0..n_nodes-1.
 
-    Nodes that never occur in a walk get a zero row.
+    Nodes that never occur in a walk get a zero row. `on_walks(n)`: progress, called as
+    training takes each block of n walks (every epoch; memory corpus only).
     """
-    model, keys = fit_word2vec(walks, n_nodes, cfg)
+    model, keys = fit_word2vec(walks, n_nodes, cfg, on_walks)
     out = np.zeros((n_nodes, cfg.dim), np.float32)
     out[keys] = model.wv.vectors
     return out
@@ -124,7 +130,8 @@ def walk_vocab(walks: Sequence[np.ndarray], n_nodes: int) -> tuple[np.ndarray, n
     return order, counts[order], rows, pos
 
 
-def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig):
+def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig,
+                 on_walks: Callable[[int], None] | None = None):
     """(gensim Word2Vec model, (vocab,) int64 dense node id of each vector row).
 
     Same model as `Word2Vec(corpus, ...)` (tested bit for bit with one worker), but the
@@ -155,6 +162,6 @@ def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig)
             model.train(corpus_file=path, **train)
         keys = np.asarray([int(k) for k in model.wv.index_to_key], np.int64)  # str keys from the file
     else:
-        model.train(corpus_iterable=WalkCorpus(walks, offset=n_nodes), **train)
+        model.train(corpus_iterable=WalkCorpus(walks, offset=n_nodes, on_walks=on_walks), **train)
         keys = np.asarray(model.wv.index_to_key, np.int64) - n_nodes
     return model, keys

@@ -45,6 +45,7 @@ import pyarrow.compute as pc
 
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
+from jobs._spill import spill_dir
 from jobs.errors import JobError
 from jobs.features import MissingViewError
 from models.errors import ModelError, NumericalError
@@ -178,27 +179,9 @@ def load_split(split_dir: Path) -> SplitData:
 SPILL_PREFIX = ".train-features-"  # + "<pid>-<random>": a killed job's files are removed by the next
 
 
-def _remove_stale_spills(parent: Path) -> None:
-    """Delete spill directories left by train jobs that were killed (their pid is gone)."""
-    for d in parent.glob(f"{SPILL_PREFIX}*"):
-        pid = d.name[len(SPILL_PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            log.info("train: removing %s, left by a killed run", d)
-            shutil.rmtree(d, ignore_errors=True)
-
-
 def _spill_dir(parent: Path) -> Any:
-    """A TemporaryDirectory for this run's feature files beside the store (stale ones of killed
-    runs removed first), or in the system's temporary directory where that is not writable."""
-    import tempfile
-
-    _remove_stale_spills(parent)
-    prefix = f"{SPILL_PREFIX}{os.getpid()}-"
-    try:
-        return tempfile.TemporaryDirectory(prefix=prefix, dir=parent)
-    except OSError as e:  # a read-only store location
-        log.warning("train: cannot write feature files beside the store (%s); using %s", e, tempfile.gettempdir())
-        return tempfile.TemporaryDirectory(prefix=prefix)
+    """A TemporaryDirectory for this run's feature files beside the store (jobs/_spill.py)."""
+    return spill_dir(parent, SPILL_PREFIX, "train")
 
 
 def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cache: dict) -> dict[str, dict]:

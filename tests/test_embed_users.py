@@ -73,7 +73,14 @@ def test_reproducible_regardless_of_shards(tmp_path, ray_local):
     a = planted_archive(tmp_path)
     b = dataclasses.replace(a, store=str(tmp_path / "store2"), shards=7)
     a = dataclasses.replace(a, shards=1)
+    # Walks a killed run left behind (its pid is gone) are removed; nothing of this run stays.
+    from jobs.embed_users import WALKS_PREFIX
+
+    stale = tmp_path / "out" / "tmp" / f"{WALKS_PREFIX}999999999-abc"
+    stale.mkdir(parents=True)
+    (stale / "walks-00000.npy").write_bytes(b"x" * 1000)
     run(a)
+    assert not (tmp_path / "out" / "tmp").exists()
     run(b)
     ids = 100 + np.arange(N_COMM * SIZE)
     assert np.array_equal(read_view(a, ids)[1], read_view(b, ids)[1])

@@ -78,8 +78,9 @@ def test_train_removes_spills_of_killed_runs_only(tmp_path):
     for d in (dead, alive, other):
         d.mkdir()
         (d / "f.npy").write_bytes(b"x")
-    train._remove_stale_spills(tmp_path)
+    d = train._spill_dir(tmp_path)
     assert not dead.exists() and alive.exists() and other.exists()
+    assert Path(d.name).parent == tmp_path and Path(d.name).name.startswith(f"{train.SPILL_PREFIX}{os.getpid()}-")
 
 
 

@@ -199,11 +199,11 @@ class FeatureActor:
     """
 
     def __init__(self, ecfg: Any, decode_on_device: bool, max_pixels: int, max_bytes: int) -> None:
-        from models.vision import host_memory
+        from models import host_memory
         from models.vision.extractor import ExtractorConfig, ImageFeatureExtractor
 
         # Build with large frees returned to the OS; the extractor then (CPU backend) switches
-        # the allocator to reuse the heap for its batches (models/vision/host_memory.py).
+        # the allocator to reuse the heap for its batches (models/host_memory.py).
         host_memory.release_large_frees()
 
         # ecfg: an ExtractorConfig, or its fields (what the torch-free driver sends)
@@ -436,9 +436,9 @@ def build_dataset(cfg: ExtractConfig, blocks: Iterator[Any], ecfg: Any, gpus: in
     if not gpus:
         # One malloc arena for the whole CPU actor: Ray Data calls the model from its own thread,
         # whose arena would serve every buffer over 64 MB with a fresh mmap, zero-filled by the
-        # kernel each batch, whatever the actor's heap policy (models/vision/host_memory.py;
+        # kernel each batch, whatever the actor's heap policy (models/host_memory.py;
         # measured in the actor: 0.09 -> 0.00 system CPU-s per image).
-        from models.vision.host_memory import ONE_ARENA_ENV
+        from models.host_memory import ONE_ARENA_ENV
 
         resources["runtime_env"] = {"env_vars": dict(ONE_ARENA_ENV)}
     return ds.map_batches(

@@ -1,4 +1,4 @@
-"""models.vision.host_memory: the allocator policy of CPU inference processes.
+"""models.host_memory: the allocator policy of CPU inference processes.
 
 Each case runs in a fresh interpreter: mallopt settings are process-wide and would leak into
 the rest of the suite.
@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from models.vision import host_memory
+from models import host_memory
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(host_memory.malloc_stats() is None, reason="needs glibc's mallinfo2")
@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(host_memory.malloc_stats() is None, reason="need
 # Allocates and frees a 64 MB buffer twice and reports how glibc served it.
 PROBE = """
 import json, numpy as np
-from models.vision import host_memory as hm
+from models import host_memory as hm
 def probe():
     before = hm.malloc_stats()
     a = np.ones(64 << 20, np.uint8)

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from models import host_memory
 from models.errors import ModelError
-from models.vision import host_memory, preprocess
+from models.vision import preprocess
 from models.vision.backends import get_backend, select_backend
 from models.vision.heads import LAYOUT_HEADS
 from models.vision.vgg import VGG16GAP, load_vgg16_state_dict

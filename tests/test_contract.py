@@ -82,13 +82,14 @@ def test_many_offending_rows_are_summarised(tmp_path):
         read_posts(_write(tmp_path, t))
 
 
-def test_missing_and_unreadable_files(tmp_path):
+@pytest.mark.parametrize("reader", [read_posts, check_posts], ids=["read_posts", "check_posts"])
+def test_missing_and_unreadable_files(tmp_path, reader):
     with pytest.raises(InputError, match="does not exist"):
-        read_posts(tmp_path / "nope.parquet")
+        reader(tmp_path / "nope.parquet")
     bad = tmp_path / "bad.parquet"
     bad.write_bytes(b"not parquet at all")
     with pytest.raises(InputError, match="not a readable Parquet"):
-        read_posts(bad)
+        reader(bad)
 
 
 def test_iter_posts_streams_in_batches(tmp_path):
@@ -164,14 +165,8 @@ def test_streamed_check_gives_read_posts_errors(tmp_path, over, match):
         assert str(streamed.value) == str(whole.value)
 
 
-def test_streamed_check_accepts_valid_posts_and_counts_them(tmp_path):
+def test_streamed_check_counts_valid_posts(tmp_path):
     assert check_posts(_grouped(tmp_path), batch_rows=4) == 40
-    with pytest.raises(InputError, match="does not exist"):
-        check_posts(tmp_path / "nope.parquet")
-    bad = tmp_path / "bad.parquet"
-    bad.write_bytes(b"not parquet at all")
-    with pytest.raises(InputError, match="not a readable Parquet"):
-        check_posts(bad)
 
 
 def test_edges_report_and_errors(tmp_path):

@@ -192,7 +192,6 @@ def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cac
     IC + OD in float16, and in the page cache they do not count against the job's heap
     (issue 9). Validation features (one holdout post per user at most) stay in memory.
     """
-
     from jobs.features import check_views, gather, last_missing
 
     info = check_views(store, features)  # errors before any work

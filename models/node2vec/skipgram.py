@@ -147,11 +147,10 @@ def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig,
               sample=cfg.sample, alpha=cfg.alpha, epochs=cfg.epochs, seed=cfg.seed,
               workers=cfg.workers or os.cpu_count() or 1)
     nodes, counts, n_walks, n_tokens = walk_vocab(walks, n_nodes)
+    # gensim keys: the ids as text in a corpus file, id + n_nodes in memory (module docstring)
+    keys = [str(k) for k in nodes.tolist()] if cfg.corpus == "file" else (nodes + n_nodes).tolist()
     model = Word2Vec(**kw)
-    offset = 0 if cfg.corpus == "file" else n_nodes   # file tokens are the ids as text
-    keys = (nodes + offset).tolist()
-    model.build_vocab_from_freq({(str(k) if cfg.corpus == "file" else k): int(c)
-                                 for k, c in zip(keys, counts.tolist())}, corpus_count=n_walks)
+    model.build_vocab_from_freq(dict(zip(keys, counts.tolist())), corpus_count=n_walks)
     model.corpus_total_words = n_tokens
     train = dict(total_examples=n_walks, total_words=n_tokens, epochs=model.epochs, start_alpha=model.alpha,
                  end_alpha=model.min_alpha, compute_loss=model.compute_loss)
@@ -160,8 +159,8 @@ def fit_word2vec(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfig,
             path = os.path.join(d, "walks.txt")
             write_corpus_file(walks, path)
             model.train(corpus_file=path, **train)
-        keys = np.asarray([int(k) for k in model.wv.index_to_key], np.int64)  # str keys from the file
+        ids = np.asarray([int(k) for k in model.wv.index_to_key], np.int64)  # str keys from the file
     else:
         model.train(corpus_iterable=WalkCorpus(walks, offset=n_nodes, on_walks=on_walks), **train)
-        keys = np.asarray(model.wv.index_to_key, np.int64) - n_nodes
-    return model, keys
+        ids = np.asarray(model.wv.index_to_key, np.int64) - n_nodes
+    return model, ids

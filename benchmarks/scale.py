@@ -18,10 +18,9 @@ Inputs per job (size = the issue's unit):
   extract      posts in the manifest; users = posts/10; no image files (every image 'missing':
                bookkeeping + error records, not the CNNs); --random-weights
   embed_users  users; posts = users; ~10 follows per user (--avg-degree 11); walks and walk
-               length from --walks/--walk-length (default 2 x 20: skip-gram time grows with the
-               tokens, 10 x 80 at 10^6 users is 8e8 tokens; embed_walks measures the 10 x 80 walks)
+               length from --walks/--walk-length (default the issue's 10 x 80: 8e8 walk tokens at
+               10^6 users, ~30 min with the numba skip-gram, ~3 h with gensim's)
   embed_walks  the same inputs; only embed_users' read + CSR graph + Ray walk phase, at 10 x 80
-               (the walks are what could blow memory; skip-gram is what takes hours)
   train        (post, tag) assignments; posts = size / 2.456 (synth's mean tags per post),
                users = posts/10; features written to the store; PITF-IC-OD, 1 epoch
   score        posts; users = posts/10; features written to the store; model: PITF-IC-OD
@@ -230,8 +229,8 @@ def main() -> None:
     ap.add_argument("--jobs", default="extract,embed_walks,embed_users,train,score", help="comma list")
     ap.add_argument("--sizes", default="", help="override: comma list of sizes for every job given")
     ap.add_argument("--workdir", default="/tmp/tagrec-scale", help="inputs are cached here")
-    ap.add_argument("--walks", type=int, default=2, help="embed_users --walks-per-node (the issue: 10; see embed_walks)")
-    ap.add_argument("--walk-length", type=int, default=20, help="embed_users --walk-length (the issue: 80)")
+    ap.add_argument("--walks", type=int, default=10, help="embed_users --walks-per-node (the issue: 10)")
+    ap.add_argument("--walk-length", type=int, default=80, help="embed_users --walk-length (the issue: 80)")
     ap.add_argument("--num-cpus", type=int, default=2, help="local Ray CPUs of every job")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per measured run")
     ap.add_argument("--log", default="", help="append each row as JSON to this file")

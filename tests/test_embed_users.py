@@ -96,6 +96,25 @@ def test_other_parameters_need_a_new_view(tmp_path, ray_local):
     assert res["written"] == N_COMM * SIZE
 
 
+def test_gensim_trainer_writes_its_own_view(tmp_path, ray_local):
+    # The other trainer makes other vectors: the producer says which, and reusing the view is refused.
+    cfg = planted_archive(tmp_path)
+    run(cfg)
+    with pytest.raises(JobError, match="skipgram: 'numba SGNS"):
+        run(dataclasses.replace(cfg, sg_trainer="gensim"))
+    g = dataclasses.replace(cfg, sg_trainer="gensim", view="user/node2vec@2")
+    assert run(g)["written"] == N_COMM * SIZE
+    users = 100 + np.arange(N_COMM * SIZE)
+    (info_n, vn, _), (info_g, vg, _) = read_view(cfg, users), read_view(g, users)
+    assert info_n.producer["skipgram"].startswith("numba") and info_g.producer["skipgram"].startswith("gensim")
+    comm = np.arange(users.size) // SIZE
+    for v in (vn, vg):   # both trainers find the planted communities
+        x = v / np.linalg.norm(v, axis=1, keepdims=True)
+        sim = x @ x.T
+        np.fill_diagonal(sim, -np.inf)
+        assert (comm[np.argsort(-sim, axis=1)[:, :5]] == comm[:, None]).mean() > 0.8
+
+
 def test_weighted_and_unknown_users(tmp_path, ray_local):
     # Edges naming users without posts are allowed, embedded and counted.
     src = np.r_[100 + np.arange(10), 900, 901]

@@ -24,14 +24,15 @@ def planted_graph(n_comm=8, size=50, k_in=8, k_out=1, seed=0):
     return 1000 + 7 * src, 1000 + 7 * dst, comm
 
 
-@pytest.fixture(scope="module")
-def trained():
+@pytest.fixture(scope="module", params=[("numba", 1), ("numba", 2), ("gensim", 1)], ids=lambda p: f"{p[0]}-{p[1]}")
+def trained(request):
+    trainer, workers = request.param
     src, dst, comm = planted_graph()
     train, held = split_edges(src, dst, 0.1, seed=1)
     all_ids = np.unique(np.concatenate([src, dst]))
     g = build_graph(src[train], dst[train], nodes=all_ids)
     vecs = embed(g, p=0.5, q=2.0, walk_length=40, walks_per_node=10, seed=3,
-                 sg=SkipGramConfig(dim=32, window=5, epochs=2, workers=1, seed=3))
+                 sg=SkipGramConfig(dim=32, window=5, epochs=2, workers=workers, seed=3, trainer=trainer))
     return g, vecs, src[held], dst[held], comm
 
 
@@ -62,17 +63,19 @@ def test_shuffled_vectors_fail_the_same_checks(trained):
     assert abs(link_prediction_auc(vecs[perm], u, v, nu, nv) - 0.5) < 0.1
 
 
-def test_isolated_nodes_get_zero_vectors():
+@pytest.mark.parametrize("trainer", ["numba", "gensim"])
+def test_isolated_nodes_get_zero_vectors(trainer):
     g = build_graph(np.array([1, 2, 3]), np.array([2, 3, 1]), nodes=np.array([1, 2, 3, 50]))
     vecs = embed(g, p=1, q=1, walk_length=5, walks_per_node=5,
-                 sg=SkipGramConfig(dim=8, window=2, workers=1))
+                 sg=SkipGramConfig(dim=8, window=2, workers=1, trainer=trainer))
     assert np.all(vecs[g.dense([50])[0]] == 0) and np.all(np.linalg.norm(vecs[:3], axis=1) > 0)
 
 
-def test_skipgram_deterministic_with_one_worker():
+@pytest.mark.parametrize("trainer", ["numba", "gensim"])
+def test_skipgram_deterministic_with_one_worker(trainer):
     src, dst, _ = planted_graph(n_comm=2, size=20, seed=2)
     g = build_graph(src, dst)
-    cfg = SkipGramConfig(dim=8, window=3, workers=1, seed=4)
+    cfg = SkipGramConfig(dim=8, window=3, workers=1, seed=4, trainer=trainer)
     a = embed(g, 0.5, 2.0, 10, 2, sg=cfg, seed=4)
     b = embed(g, 0.5, 2.0, 10, 2, sg=cfg, seed=4)
     assert np.array_equal(a, b)
@@ -84,7 +87,8 @@ def test_corpus_file_mode_trains_too():
     from models.node2vec import random_walks
 
     walks = random_walks(g, 30, 10, 0.5, 2.0, seed=0)
-    vecs = train_skipgram([walks], g.n_nodes, SkipGramConfig(dim=16, window=5, workers=1, corpus="file"))
+    vecs = train_skipgram([walks], g.n_nodes, SkipGramConfig(dim=16, window=5, workers=1, corpus="file",
+                                                                      trainer="gensim"))
     node_comm = comm[(g.node_ids - 1000) // 7]
     same = node_comm[:, None] == node_comm[None, :]
     sims = cosine(vecs, *np.nonzero(np.ones_like(same)))
@@ -92,9 +96,9 @@ def test_corpus_file_mode_trains_too():
 
 
 @pytest.mark.parametrize("field,val", [("dim", 0), ("window", 0), ("epochs", 0), ("negative", 0),
-                                       ("corpus", "disk")])
+                                       ("corpus", "disk"), ("trainer", "torch"), ("alpha", 0.0), ("sample", -1.0)])
 def test_bad_skipgram_config(field, val):
-    with pytest.raises(ModelError, match=field if field != "corpus" else "corpus"):
+    with pytest.raises(ModelError, match=field):
         train_skipgram([np.zeros((1, 3), np.int32)], 1, SkipGramConfig(**{field: val}))
 
 
@@ -162,13 +166,14 @@ def test_walk_vocab_counts_and_first_occurrence():
     assert (rows, tokens) == (3, 8)
 
 
-def test_skipgram_reports_progress_per_block_every_epoch():
+@pytest.mark.parametrize("trainer", ["numba", "gensim"])
+def test_skipgram_reports_progress_per_block_every_epoch(trainer):
     from models.node2vec import random_walks
 
     src, dst, _ = planted_graph(n_comm=2, size=20, seed=3)
     g = build_graph(src, dst)
     walks = random_walks(g, 8, 3, 1.0, 1.0, seed=0)
     seen: list[int] = []
-    train_skipgram([walks[:10], walks[10:]], g.n_nodes, SkipGramConfig(dim=8, window=2, workers=1, epochs=2),
-                   on_walks=seen.append)
+    train_skipgram([walks[:10], walks[10:]], g.n_nodes, SkipGramConfig(dim=8, window=2, workers=1, epochs=2,
+                                                                         trainer=trainer), on_walks=seen.append)
     assert seen == [10, len(walks) - 10] * 2

@@ -1,4 +1,4 @@
-"""node2vec user vectors: CSR graph, exact p/q walks (numba), skip-gram (gensim).
+"""node2vec user vectors: CSR graph, exact p/q walks (numba), skip-gram (numba or gensim).
 
     from models.node2vec import build_graph, random_walks, embed, SkipGramConfig
     g = build_graph(src, dst, weight=None, directed=False, nodes=user_ids)

@@ -1,9 +1,16 @@
-"""Skip-gram with negative sampling on walks (gensim's Word2Vec).
+"""Skip-gram with negative sampling on walks: our numba trainer or gensim's Word2Vec.
 
-Why gensim and not torch: on this project's CPU machines gensim's Cython SGNS
-trains ~0.3M walk tokens/s on 2 cores with window 10 (benchmarks/results/node2vec.md),
-torch on CPU is several times slower, and PecanPy (the reference) uses the same
-trainer, so benchmark settings match exactly.
+Two trainers, picked by `SkipGramConfig.trainer`:
+
+* "numba" (default): `models/node2vec/sgns.py`, negatives shared across a centre
+  node's window, trained straight from the int32 walk arrays. 2-3x gensim's rate
+  at 10^4 users and ~6x at 10^6, where gensim's random row reads miss the caches
+  (benchmarks/results/node2vec.md and scale.md, issue 9);
+* "gensim": gensim's Cython SGNS, per-pair negatives, exactly what PecanPy (the
+  reference) runs; kept for comparisons and for bit-compatibility with vectors
+  made before. torch on CPU is several times slower than either.
+
+The rest of this docstring is about the gensim path.
 
 Walks stay compact: an int32 array (n_walks, walk_length) with -1 padding. They
 reach gensim either as a restartable iterable that yields one walk at a time as
@@ -31,6 +38,8 @@ import numpy as np
 
 from models.errors import ModelError
 
+TRAINERS = ("numba", "gensim")
+
 
 @dataclass(frozen=True)
 class SkipGramConfig:
@@ -44,12 +53,17 @@ class SkipGramConfig:
     alpha: float = 0.025    # initial learning rate
     workers: int = 0        # threads; 0 = all cores. 1 makes training deterministic
     seed: int = 0
-    corpus: str = "memory"  # "memory" (iterable over the arrays) or "file" (corpus_file)
+    corpus: str = "memory"  # gensim only: "memory" (iterable over the arrays) or "file" (corpus_file)
+    trainer: str = "numba"  # "numba" (models/node2vec/sgns.py) or "gensim"
 
     def check(self) -> None:
         for name in ("dim", "window", "epochs", "negative"):
             if int(getattr(self, name)) < 1:
                 raise ModelError(f"skip-gram {name} must be >= 1, got {getattr(self, name)}")
+        if not (self.alpha > 0 and self.sample >= 0):
+            raise ModelError(f"skip-gram alpha must be > 0 and sample >= 0, got {self.alpha}, {self.sample}")
+        if self.trainer not in TRAINERS:
+            raise ModelError(f"skip-gram trainer must be one of {TRAINERS}, got {self.trainer!r}")
         if self.corpus not in ("memory", "file"):
             raise ModelError(f"skip-gram corpus must be 'memory' or 'file', got {self.corpus!r}")
 
@@ -94,8 +108,21 @@ def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfi
     """Node vectors (n_nodes, dim) float32 from walks over dense ids 0..n_nodes-1.
 
     Nodes that never occur in a walk get a zero row. `on_walks(n)`: progress, called as
-    training takes each block of n walks (every epoch; memory corpus only).
+    training takes each block (gensim) or chunk (numba) of n walks, every epoch; not with
+    gensim's file corpus.
     """
+    cfg.check()
+    if cfg.trainer == "numba":
+        from models.node2vec.sgns import train_sgns
+
+        walks = [w for w in walks if w.size]
+        counts = np.zeros(n_nodes, np.int64)
+        for block in walks:
+            flat = np.asarray(block).reshape(-1)
+            counts += np.bincount(flat[flat >= 0], minlength=n_nodes)
+        return train_sgns(walks, n_nodes, counts, dim=cfg.dim, window=cfg.window, negative=cfg.negative,
+                          epochs=cfg.epochs, alpha=cfg.alpha, sample=cfg.sample, seed=cfg.seed,
+                          threads=cfg.workers, on_walks=on_walks)
     model, keys = fit_word2vec(walks, n_nodes, cfg, on_walks)
     out = np.zeros((n_nodes, cfg.dim), np.float32)
     out[keys] = model.wv.vectors

@@ -112,6 +112,26 @@ def test_reproducible_regardless_of_threads_and_shards():
     assert not np.array_equal(random_walks(g, 20, 3, p=0.5, q=2, seed=12), a)
 
 
+@pytest.mark.parametrize("weighted,directed,p,q", [(False, False, 1, 1), (True, False, 0.5, 2),
+                                                   (False, True, 2, 0.5), (True, True, 1, 1)])
+def test_walks_do_not_depend_on_the_interleave_group(weighted, directed, p, q):
+    from models.node2vec.walks import _walk_kernel
+
+    # plus 7 -> 8: node 8 has no out-arc when directed (walks end there and pad)
+    g = build_graph(np.r_[SRC, 7], np.r_[DST, 8], np.r_[W, 1.0] if weighted else None, directed=directed)
+    cum = row_cumsum(g)
+    starts = np.tile(np.arange(g.n_nodes), 3)            # 27 walks: groups end part-full
+    ids = np.arange(starts.size, dtype=np.uint64)
+    outs = []
+    for group in (1, 3, 8, 64):
+        out = np.empty((starts.size, 12), np.int32)
+        _walk_kernel(g.indptr, g.indices, g.weights, cum, weighted, not (p == 1 and q == 1), starts, ids,
+                     12, 1 / p, 1 / q, np.uint64(5), out, group)
+        outs.append(out)
+    assert all(np.array_equal(outs[0], o) for o in outs[1:])
+    assert (outs[0] >= 0).all() != directed                 # dead ends (padding) only when directed
+
+
 def test_isolated_and_dead_end_nodes_pad_with_minus_one():
     g = build_graph(np.array([1, 2]), np.array([2, 3]), directed=True, nodes=np.array([9]))
     w = random_walks(g, 5, 1, p=2, q=0.5, seed=0)

@@ -40,6 +40,7 @@ from models.errors import ModelError
 from models.node2vec.graph import Graph
 
 _MAX_TRIALS = 64
+INTERLEAVE = 8   # walks advanced in lockstep per thread (see _walk_kernel)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _M1 = np.uint64(0xBF58476D1CE4E5B9)
 _M2 = np.uint64(0x94D049BB133111EB)
@@ -130,41 +131,62 @@ def _exact_step(indptr, indices, weights, t, v, inv_p, inv_q, u):
     return indices[b - 1]
 
 
+@numba.njit(cache=True, inline="always")
+def _step(indptr, indices, weights, cumw, weighted, biased, t, v, inv_p, inv_q, fmax, state):
+    """(state, next node) from v having come from t (t < 0: first step); next = -1 at a dead end."""
+    a = indptr[v]
+    b = indptr[v + 1]
+    if a == b:
+        return state, np.int64(-1)
+    if t < 0 or not biased:
+        state, u = _next(state)
+        return state, np.int64(indices[_propose(indices, cumw, weighted, a, b, u)])
+    for _trial in range(_MAX_TRIALS):
+        state, u = _next(state)
+        c = np.int64(indices[_propose(indices, cumw, weighted, a, b, u)])
+        state, u2 = _next(state)
+        if u2 * fmax < _bias(indptr, indices, t, c, inv_p, inv_q):
+            return state, c
+    state, u = _next(state)
+    return state, np.int64(_exact_step(indptr, indices, weights, t, v, inv_p, inv_q, u))
+
+
 @numba.njit(cache=True, nogil=True)
 def _walk_kernel(indptr, indices, weights, cumw, weighted, biased, starts, walk_ids,
-                 walk_length, inv_p, inv_q, seed, out):
-    """Fill out[i] (walk_length,) with the walk from starts[i]; -1 pads dead ends."""
+                 walk_length, inv_p, inv_q, seed, out, group=INTERLEAVE):
+    """Fill out[i] (walk_length,) with the walk from starts[i]; -1 pads dead ends.
+
+    `group` walks advance in lockstep, one step each in turn: a step is two or three
+    dependent reads at random places in the CSR arrays, and once they outgrow the caches
+    (10^6 users) a lone walk waits on memory at every step; steps of different walks are
+    independent, so the CPU overlaps their reads. Each walk keeps its own random stream,
+    so the walks are the same for any group size.
+    """
     fmax = max(inv_p, 1.0, inv_q)
-    for i in range(starts.size):
-        state = _walk_seed(seed, walk_ids[i])
-        v = np.int64(starts[i])
-        t = np.int64(-1)
-        out[i, 0] = v
+    state = np.empty(group, np.uint64)
+    cur = np.empty(group, np.int64)
+    prev = np.empty(group, np.int64)
+    for g0 in range(0, starts.size, group):
+        m = min(group, starts.size - g0)
+        for j in range(m):
+            i = g0 + j
+            state[j] = _walk_seed(seed, walk_ids[i])
+            cur[j] = starts[i]
+            prev[j] = -1
+            out[i, 0] = starts[i]
         for k in range(1, walk_length):
-            a = indptr[v]
-            b = indptr[v + 1]
-            if a == b:
-                for kk in range(k, walk_length):
-                    out[i, kk] = -1
-                break
-            if t < 0 or not biased:
-                state, u = _next(state)
-                x = np.int64(indices[_propose(indices, cumw, weighted, a, b, u)])
-            else:
-                x = np.int64(-1)
-                for _trial in range(_MAX_TRIALS):
-                    state, u = _next(state)
-                    c = np.int64(indices[_propose(indices, cumw, weighted, a, b, u)])
-                    state, u2 = _next(state)
-                    if u2 * fmax < _bias(indptr, indices, t, c, inv_p, inv_q):
-                        x = c
-                        break
-                if x < 0:
-                    state, u = _next(state)
-                    x = np.int64(_exact_step(indptr, indices, weights, t, v, inv_p, inv_q, u))
-            out[i, k] = x
-            t = v
-            v = x
+            for j in range(m):
+                i = g0 + j
+                v = cur[j]
+                if v < 0:               # dead end earlier: pad
+                    out[i, k] = -1
+                    continue
+                st, x = _step(indptr, indices, weights, cumw, weighted, biased, prev[j], v,
+                              inv_p, inv_q, fmax, state[j])
+                state[j] = st
+                out[i, k] = x
+                prev[j] = v
+                cur[j] = x
 
 
 @numba.njit(cache=True, nogil=True)

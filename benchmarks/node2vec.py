@@ -1,4 +1,4 @@
-"""node2vec benchmark: our exact p/q walks + gensim vs PecanPy (SparseOTF) vs csrgraph's walks.
+"""node2vec benchmark: our exact p/q walks + skip-gram (numba, gensim) vs PecanPy (SparseOTF) vs csrgraph's walks.
 
     .venv/bin/python benchmarks/node2vec.py            # full: 100k nodes, >= 1M edges, p=0.5, q=2
     .venv/bin/python benchmarks/node2vec.py --quick    # 10k nodes, 100k edges (< 1 min)
@@ -12,8 +12,11 @@ the same number of threads) for every contender. Measured:
   ours as the job runs it (Ray tasks, `--ray`), PecanPy SparseOTF warm (its
   closures compiled on a tiny call first) and cold (as a user runs it), csrgraph's
   biased walks on a sample of start nodes (its p/q step is O(deg v * deg t));
+* skip-gram seconds on the same walks: our numba trainer (negatives shared per
+  window, the job's default) and gensim (the reference, what PecanPy runs);
 * end-to-end seconds from the CSR graph to vectors, ours and PecanPy's;
-* link-prediction AUC (cosine) of held-out edges vs non-edges, ours and PecanPy's.
+* link-prediction AUC (cosine) of held-out edges vs non-edges: ours with each
+  trainer, and PecanPy's.
 
 PecanPy 2.0.9 imports nptyping, which fails on numpy 2, so it runs in its own
 venv (`--pecanpy-python`, default /tmp/pecanpy-venv/bin/python; create it with
@@ -182,21 +185,29 @@ def main() -> None:
     hu, hv = hu[keep], hv[keep]
     nu, nv = sample_non_edges(g_full, 20000, args.seed + 1)
 
-    # ours: walks (warm cache: compile once on a tiny graph), then skip-gram
-    random_walks(build_graph(np.array([0, 1]), np.array([1, 2])), 3, 1, args.p, args.q)
+    # ours: walks (warm cache: compile once on a tiny graph), then skip-gram;
+    # and the numba skip-gram's JIT cache, both outside the timing
+    tiny = build_graph(np.array([0, 1]), np.array([1, 2]))
+    sg = SkipGramConfig(dim=args.dim, window=args.window, epochs=args.epochs, workers=args.workers, seed=args.seed)
+    train_skipgram([random_walks(tiny, 3, 1, args.p, args.q)], tiny.n_nodes, sg)
     t0 = time.perf_counter()
     walks, t_walk = time_it(random_walks, g, args.length, args.walks, args.p, args.q, args.seed,
                             threads=args.workers)
-    sg = SkipGramConfig(dim=args.dim, window=args.window, epochs=args.epochs, workers=args.workers, seed=args.seed)
     vecs, t_sg = time_it(train_skipgram, [walks], g.n_nodes, sg)
     t_ours = time.perf_counter() - t0
     ours_sps = walks.size / t_walk
     auc_ours = link_prediction_auc(vecs, hu, hv, nu, nv)
-    del walks
+    sg_gensim = SkipGramConfig(**{**sg.__dict__, "trainer": "gensim"})
+    vecs_g, t_sg_g = time_it(train_skipgram, [walks], g.n_nodes, sg_gensim)
+    auc_gensim = link_prediction_auc(vecs_g, hu, hv, nu, nv)
+    tokens = int((walks >= 0).sum())
+    del walks, vecs_g
 
     rows = [("ours: walks (numba kernel)", f"{ours_sps / 1e6:.2f} M steps/s", f"{t_walk:.2f}"),
-            ("ours: skip-gram (gensim)", "", f"{t_sg:.2f}"),
-            ("ours: end to end", f"AUC {auc_ours:.4f}", f"{t_ours:.2f}")]
+            ("ours: skip-gram (numba, shared negatives)", f"{tokens / t_sg / 1e3:.0f}k tokens/s", f"{t_sg:.2f}"),
+            ("ours: walks + skip-gram (gensim)", f"AUC {auc_gensim:.4f}", f"{t_walk + t_sg_g:.2f}"),
+            ("  of which skip-gram (gensim)", f"{tokens / t_sg_g / 1e3:.0f}k tokens/s", f"{t_sg_g:.2f}"),
+            ("ours: end to end (numba skip-gram)", f"AUC {auc_ours:.4f}", f"{t_ours:.2f}")]
     if args.ray:
         rows.append(("ours: walks as Ray tasks (job)", f"{ours_via_ray(g, args) / 1e6:.2f} M steps/s", ""))
     cg_sps, cg_n = time_csrgraph(g, args)
@@ -216,6 +227,8 @@ def main() -> None:
         print(f"| {a:<44} | {b:<18} | {c:>8} |")
     print()
     print(f"RATIO walk_steps_per_s_vs_csrgraph {ours_sps / cg_sps:.2f}")
+    print(f"RATIO skipgram_numba_vs_gensim {t_sg_g / t_sg:.2f}")
+    print(f"RATIO link_auc_numba_vs_gensim {auc_ours / auc_gensim:.3f}")
     if pp:
         print(f"RATIO walk_steps_per_s_vs_pecanpy {ours_sps / pp_warm:.2f}")
         print(f"RATIO end_to_end_vs_pecanpy {pp['e2e_s'] / t_ours:.2f}")

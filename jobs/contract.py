@@ -373,9 +373,9 @@ def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> t
     unknown, examples = 0, []
     if user_ids is not None and len(src):
         known = np.unique(user_ids)
-        bad = ~np.isin(src, known) | ~np.isin(dst, known)
-        unknown = int(bad.sum())
-        ends = np.concatenate([src[bad][~np.isin(src[bad], known)], dst[bad][~np.isin(dst[bad], known)]])
+        unk = ~np.isin(src, known) | ~np.isin(dst, known)
+        unknown = int(unk.sum())
+        ends = np.concatenate([src[unk][~np.isin(src[unk], known)], dst[unk][~np.isin(dst[unk], known)]])
         examples = np.unique(ends)[:_SHOW].tolist()
     report = EdgeReport(int(len(src)), int((src == dst).sum()), int(dups), unknown, examples)
     return out, report

@@ -477,6 +477,7 @@ class BPRTrainer:
                     0, s_idx, vals * (1 - mine))
                 # samples per shared item on this worker (rows of `inp`, or of `rows`, that name it)
                 item_idx = inp["item"] if rows is None else inp["item"].index_select(0, rows)
+                assert self.shared_slot is not None   # n_shared > 0 only when the slots were given
                 it_slot = self.shared_slot[item_idx.clamp_min(0)]
                 dense["n:item_shared"] = torch.zeros(self.n_shared, device=idx.device).index_add_(
                     0, it_slot.clamp_min(0), ((item_idx >= 0) & (it_slot >= 0)).to(vals.dtype))

@@ -206,7 +206,7 @@ class CudaBackend(Backend):
         m = fold_batchnorm(module).to(dev, dtype=dtype).to(memory_format=torch.channels_last)
         if self.compile:
             # dynamic=False: one graph per batch size (the job's batch size, plus a ragged tail).
-            m = torch.compile(m, mode=self.compile_mode, dynamic=False)
+            m = torch.compile(m, mode=self.compile_mode, dynamic=False)  # type: ignore[assignment]  # an nn.Module at run time
         return _TorchRunner(m, dev, dtype)
 
 

@@ -22,8 +22,12 @@ import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:   # decoding to tensors imports torch lazily (the numpy path does not need it)
+    import torch
 
 # Why an image failed; `decode-error` is the catch-all for a decoder exception we did not expect.
 REASONS = ("missing", "empty", "unreadable", "too-large", "not-an-image", "too-many-pixels",
@@ -233,7 +237,7 @@ def apply_orientation_torch(t, o: int):
 # ------------------------------------------------------------------ batched torch / nvJPEG path
 
 def decode_batch_torch(datas: list[bytes], device: str = "cuda",
-                       limits: DecodeLimits = DecodeLimits()) -> list[tuple[object | None, str]]:
+                       limits: DecodeLimits = DecodeLimits()) -> list[tuple[torch.Tensor | None, str]]:
     """Decode a batch: JPEGs with one `torchvision.io.decode_jpeg(..., device=device)` call.
 
     Returns per input (tensor (H, W, 3) uint8 on `device`, "") or (None, reason). Non-JPEGs, CMYK
@@ -246,7 +250,7 @@ def decode_batch_torch(datas: list[bytes], device: str = "cuda",
         warnings.simplefilter("ignore", DeprecationWarning)
         from torchvision.io import ImageReadMode, decode_jpeg
 
-    out: list[tuple[object | None, str]] = [(None, "")] * len(datas)
+    out: list[tuple[torch.Tensor | None, str]] = [(None, "")] * len(datas)
     jpeg_idx, jpeg_bufs, orient = [], [], {}
     for i, data in enumerate(datas):
         try:
@@ -286,7 +290,7 @@ def _decode_jpegs(decode_jpeg, mode, bufs: list, device: str) -> list:
         return out
 
 
-def _cpu_to(data: bytes, limits: DecodeLimits, device: str) -> tuple[object | None, str]:
+def _cpu_to(data: bytes, limits: DecodeLimits, device: str) -> tuple[torch.Tensor | None, str]:
     import torch
 
     arr, reason = try_decode(data, DecodeLimits(limits.max_pixels, limits.max_bytes, draft=0))

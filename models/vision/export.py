@@ -48,8 +48,8 @@ def export_onnx(module: nn.Module, input_size: tuple[int, int], precision: str =
     buf = io.BytesIO()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(
-            m, (x,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+        torch.onnx.export(   # f: a file-like object works at run time; the stub says path only
+            m, (x,), buf, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],  # type: ignore[arg-type]
             opset_version=opset, dynamo=False,
             dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
         )

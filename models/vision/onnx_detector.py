@@ -154,7 +154,7 @@ def check_onnx_detector(path: str | Path) -> tuple[DetectorSpec, bytes]:
     layout = _layout_of(odims, p)
     spec = DetectorSpec(
         path=str(p), digest="sha256:" + hashlib.sha256(data).hexdigest(), layout=layout,
-        input_name=inputs[0].name, input_size=(int(idims[2]), int(idims[3])), output_name=out.name,
+        input_name=inputs[0].name, input_size=(int(idims[2] or 0), int(idims[3] or 0)), output_name=out.name,
         opset=int(opset), fp16_input=elem == onnx.TensorProto.FLOAT16)
     return spec, data
 

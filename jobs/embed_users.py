@@ -66,8 +66,8 @@ class EmbedUsersConfig(ArchiveArgs, RayArgs):
     view: str = arg(VIEW, "feature store view to write")
     shards: int = arg(0, "Ray tasks over start nodes (0: 4 per Ray CPU)")
     sg_workers: int = arg(0, "skip-gram threads (0: all cores here; 1: bit-reproducible vectors)")
-    sg_trainer: str = arg("numba", "skip-gram trainer: numba (negatives shared per window; ~3x gensim's rate at "
-                                   "10^4 users, ~6x at 10^6, time linear in users) or gensim "
+    sg_trainer: str = arg("numba", "skip-gram trainer: numba (negatives shared per window; 3x gensim's rate "
+                                   "at 10^4 nodes, 5x at 10^5, and time linear in users) or gensim "
                                    "(PecanPy's trainer)",
                           choices=TRAINERS)
     corpus: str = arg("memory", "--sg-trainer gensim only: how walks reach gensim, memory (iterable) or "

@@ -373,9 +373,9 @@ def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> t
     unknown, examples = 0, []
     if user_ids is not None and len(src):
         known = np.unique(user_ids)
-        unk = ~np.isin(src, known) | ~np.isin(dst, known)
-        unknown = int(unk.sum())
-        ends = np.concatenate([src[unk][~np.isin(src[unk], known)], dst[unk][~np.isin(dst[unk], known)]])
+        src_unknown, dst_unknown = ~np.isin(src, known), ~np.isin(dst, known)
+        unknown = int((src_unknown | dst_unknown).sum())
+        ends = np.concatenate([src[src_unknown], dst[dst_unknown]])
         examples = np.unique(ends)[:_SHOW].tolist()
     report = EdgeReport(int(len(src)), int((src == dst).sum()), int(dups), unknown, examples)
     return out, report

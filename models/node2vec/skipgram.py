@@ -4,8 +4,8 @@ Two trainers, picked by `SkipGramConfig.trainer`:
 
 * "numba" (default): `models/node2vec/sgns.py`, negatives shared across a centre
   node's window, trained straight from the int32 walk arrays. 3x gensim's rate at
-  10^4 nodes and 5x at 10^5 on 2 cores, and flat from 10^4 to 10^6 users where
-  gensim's random row reads miss the caches (benchmarks/results/node2vec.md and
+  10^4 nodes and 5x at 10^5 on 2 cores, and only ~10% slower per token at 10^6
+  users than at 10^4, where gensim's random row reads miss the caches (benchmarks/results/node2vec.md and
   scale.md, issue 9);
 * "gensim": gensim's Cython SGNS, per-pair negatives, exactly what PecanPy (the
   reference) runs; kept for comparisons and for bit-compatibility with vectors

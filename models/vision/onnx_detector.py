@@ -140,7 +140,8 @@ def check_onnx_detector(path: str | Path) -> tuple[DetectorSpec, bytes]:
         raise ModelError(f"ONNX model {p} has {len(inputs)} inputs {[i.name for i in inputs]}; "
                          "expected one image input [B, 3, H, W]")
     idims = _dims(inputs[0])
-    if len(idims) != 4 or idims[1] != 3 or not all(isinstance(d, int) and d >= 32 for d in idims[2:]):
+    h, w = idims[2:4] if len(idims) == 4 else (None, None)
+    if len(idims) != 4 or idims[1] != 3 or not (isinstance(h, int) and isinstance(w, int) and min(h, w) >= 32):
         raise ModelError(f"ONNX model {p}: input '{inputs[0].name}' has shape {idims}; expected [B, 3, H, W] "
                          "with fixed H, W >= 32 (re-export with a fixed image size)")
     elem = inputs[0].type.tensor_type.elem_type
@@ -154,7 +155,7 @@ def check_onnx_detector(path: str | Path) -> tuple[DetectorSpec, bytes]:
     layout = _layout_of(odims, p)
     spec = DetectorSpec(
         path=str(p), digest="sha256:" + hashlib.sha256(data).hexdigest(), layout=layout,
-        input_name=inputs[0].name, input_size=(int(idims[2] or 0), int(idims[3] or 0)), output_name=out.name,
+        input_name=inputs[0].name, input_size=(h, w), output_name=out.name,
         opset=int(opset), fp16_input=elem == onnx.TensorProto.FLOAT16)
     return spec, data
 

@@ -81,7 +81,9 @@ class SplitArgs:
 class RayArgs:
     """Where Ray runs: a local cluster by default, or the one `ray job submit` set up."""
 
-    ray_address: str = arg("", "Ray cluster address; empty: RAY_ADDRESS if set (ray job submit), else a local Ray")
+    ray_address: str = arg("", "Ray cluster to join (host:port, ray://host:port, or 'auto' for one started "
+                                "with `ray start` on this machine); empty: RAY_ADDRESS if set (ray job submit "
+                                "sets it), else a private local Ray started for this job")
     num_cpus: int = arg(0, "CPUs for a local Ray (0: all of this machine's)")
 
 

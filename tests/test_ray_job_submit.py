@@ -14,24 +14,17 @@ an unpacked copy of the working dir, not in the checkout).
 from __future__ import annotations
 
 import json
-import os
-import secrets
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from _ray_head import RAY, RayHead, start_head, stop_head
 
 REPO = Path(__file__).resolve().parents[1]
-RAY = str(Path(sys.executable).with_name("ray"))
 
 # Never uploaded with --working-dir (Ray also honours .gitignore; .git is not in it).
 EXCLUDES = [".venv", ".git", "runs", "out", "data", ".whl", ".gl", "**/__pycache__", "**/*.pyc",
@@ -41,144 +34,8 @@ EXCLUDES = [".venv", ".git", "runs", "out", "data", ".whl", ".gl", "**/__pycache
 # A parameter so the harness outlives flag changes in jobs/pipeline.py.
 PIPELINE_ENTRYPOINT = "python -m jobs.pipeline --out {out} --num-users 10 --num-posts 30 --train-epochs 1 --no-all"
 
-HEAD_START_TIMEOUT_S = 90
 JOB_TIMEOUT_S = 240
 PIPELINE_TIMEOUT_S = 480  # the whole pipeline on 2 shared CPU cores
-
-
-# --------------------------------------------------------------------------- the head
-
-
-@dataclass
-class RayHead:
-    """A private Ray head started by this module; `env` is what a CI client would export."""
-
-    proc: subprocess.Popen
-    temp_dir: Path
-    dashboard_url: str
-    env: dict[str, str]
-    log: Path
-
-
-def _free_ports(n: int) -> list[int]:
-    """n distinct free TCP ports (held open together so they differ, then released)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _stat(pid: int) -> list[str] | None:
-    """/proc/<pid>/stat fields after the (name), or None when gone: [state, ppid, ...]."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()  # the name may hold spaces
-    except OSError:
-        return None
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """pid's process tree as {pid: start time}; Ray's workers sit in their own sessions but stay children.
-
-    The start time identifies a process, so a pid reused after it exits is never signalled.
-    """
-    kids: dict[int, list[int]] = {}
-    start: dict[int, str] = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit() and (st := _stat(int(d.name))) is not None:
-            kids.setdefault(int(st[1]), []).append(int(d.name))
-            start[int(d.name)] = st[19]  # field 22, starttime
-    out, todo = {}, [pid]
-    while todo:
-        p = todo.pop()
-        if p in start:
-            out[p] = start[p]
-        todo.extend(kids.get(p, []))
-    return out
-
-
-def _alive(pid: int, started: str) -> bool:
-    st = _stat(pid)
-    return st is not None and st[0] != "Z" and st[19] == started
-
-
-def _signal(procs: dict[int, str], sig: int) -> None:
-    for p, started in procs.items():
-        if _alive(p, started):
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
-
-
-def _wait_dashboard(url: str, proc: subprocess.Popen, log: Path) -> None:
-    import urllib.error
-    import urllib.request
-
-    deadline = time.monotonic() + HEAD_START_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"ray start --head exited with {proc.returncode}:\n{log.read_text()[-4000:]}")
-        try:
-            with urllib.request.urlopen(url + "/api/version", timeout=2):
-                return
-        except urllib.error.HTTPError:  # 401 (token auth) means the server is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    pytest.fail(f"Ray dashboard at {url} not up after {HEAD_START_TIMEOUT_S}s:\n{log.read_text()[-4000:]}")
-
-
-def start_head(num_cpus: int = 2) -> RayHead:
-    # A short temp dir: Ray's unix sockets live under it (path limit ~107 bytes).
-    temp_dir = Path(tempfile.mkdtemp(prefix="rayjob-", dir="/tmp"))
-    gcs, dash, client, agent = _free_ports(4)
-    token = secrets.token_hex(16)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_ADDRESS", "RAY_AUTH"))}
-    env.update({
-        # `python` in the entrypoint must be this venv's, as the cluster's setup puts it first.
-        "PATH": os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")]),
-        "RAY_USAGE_STATS_ENABLED": "0",
-        "RAY_AUTH_MODE": "token",
-        "RAY_AUTH_TOKEN": token,
-    })
-    log = temp_dir / "ray-start.log"
-    cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
-           f"--ray-client-server-port={client}", f"--dashboard-agent-listen-port={agent}",
-           f"--num-cpus={num_cpus}", "--num-gpus=0", "--include-dashboard=true", "--dashboard-host=127.0.0.1",
-           f"--temp-dir={temp_dir}", '--resources={"store": 1}', "--object-store-memory=200000000",
-           "--disable-usage-stats"]
-    with open(log, "wb") as f:
-        proc = subprocess.Popen(cmd, env=env, stdout=f, stderr=subprocess.STDOUT, cwd=temp_dir,
-                                start_new_session=True)
-    head = RayHead(proc, temp_dir, f"http://127.0.0.1:{dash}", env, log)
-    try:
-        _wait_dashboard(head.dashboard_url, proc, log)
-    except BaseException:
-        stop_head(head)
-        raise
-    return head
-
-
-def stop_head(head: RayHead, grace_s: float = 10.0) -> None:
-    """SIGTERM this head's process tree, SIGKILL what is left after grace_s; remove its temp dir."""
-    procs = {p: t for p, t in _descendants(head.proc.pid).items() if p != os.getpid()}
-    _signal(procs, signal.SIGTERM)
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline and any(_alive(p, t) for p, t in procs.items()):
-        head.proc.poll()  # reap `ray start` itself
-        time.sleep(0.2)
-    _signal(procs, signal.SIGKILL)
-    try:
-        head.proc.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        pass
-    shutil.rmtree(head.temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

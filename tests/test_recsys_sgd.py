@@ -115,8 +115,8 @@ def _folksonomy(seed: int, n_users: int = 120, n_items: int = 60, n_tags: int = 
 
 @pytest.mark.parametrize("name", ["PITF", "FM"])
 def test_trainer_learns_users_and_items(name):
-    tr, te, U, I, T = _folksonomy(0)
-    m = get_model(name, n_users=U, n_items=I, n_tags=T, dim=16, seed=0)
+    tr, te, nu, ni, nt = _folksonomy(0)
+    m = get_model(name, n_users=nu, n_items=ni, n_tags=nt, dim=16, seed=0)
     before = evaluate(m, te)["f1@5"]
     trainer = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=0))
     losses = [trainer.run_epoch(e)[0] for e in range(30)]
@@ -127,10 +127,10 @@ def test_trainer_learns_users_and_items(name):
 
 
 def test_hogwild_reaches_the_quality_of_one_thread():
-    tr, te, U, I, T = _folksonomy(1)
+    tr, te, nu, ni, nt = _folksonomy(1)
     f1 = {}
     for threads in (1, 2):
-        m = get_model("PITF", n_users=U, n_items=I, n_tags=T, dim=16, seed=0)
+        m = get_model("PITF", n_users=nu, n_items=ni, n_tags=nt, dim=16, seed=0)
         trainer = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=0, threads=threads))
         for e in range(30):
             trainer.run_epoch(e)
@@ -141,18 +141,18 @@ def test_hogwild_reaches_the_quality_of_one_thread():
 
 def test_one_thread_is_deterministic_and_matches_a_batch_one_torch_run(torch_one_thread):
     """Same seed, same factors; and the torch trainer at batch size 1 learns a model as good."""
-    tr, te, U, I, T = _folksonomy(2)
+    tr, te, nu, ni, nt = _folksonomy(2)
     runs = []
     for _ in range(2):
-        m = get_model("FM", n_users=U, n_items=I, n_tags=T, dim=8, seed=1)
+        m = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
         t = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=4))
         for e in range(3):
             t.run_epoch(e)
         runs.append(m.tag_matrix())
     assert np.array_equal(runs[0], runs[1])
-    m = get_model("FM", n_users=U, n_items=I, n_tags=T, dim=8, seed=1)
+    m = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
     bt = BPRTrainer(m, tr, BPRConfig(lr=0.05, reg=1e-4, batch_size=1, seed=4), total_pairs=len(tr.pairs()[0]))
-    m2 = get_model("FM", n_users=U, n_items=I, n_tags=T, dim=8, seed=1)
+    m2 = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
     st = SGDTrainer(m2, tr, SGDConfig(lr=0.05, reg=1e-4, seed=4))
     for e in range(3):
         bt.run_epoch(e)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -59,46 +60,46 @@ class SGDConfig:
 # --------------------------------------------------------------------------- reference
 
 
-def algorithm1_pitf(U, I, A, B, users, items, post, pos, neg, lr, reg):
+def algorithm1_pitf(Fu, Fi, A, B, users, items, post, pos, neg, lr, reg):
     """Algorithm 1 for PITF, y = <v_u, a_t> + <v_i, b_t>: samples (post[s], pos[s], neg[s]) in order.
 
-    U (users, k), I (items, k), A = tag_user (T, k), B = tag_item (T, k), updated in place;
+    Fu (users, k), Fi (items, k), A = tag_user (T, k), B = tag_item (T, k), updated in place;
     users, items: each post's row (item -1: unseen, no item term). Returns the summed loss.
     """
     loss = 0.0
     for s in range(len(post)):
         u, i, tp, tn = users[post[s]], items[post[s]], pos[s], neg[s]
-        vu = U[u].copy()
-        vi = I[i].copy() if i >= 0 else np.zeros_like(vu)
+        vu = Fu[u].copy()
+        vi = Fi[i].copy() if i >= 0 else np.zeros_like(vu)
         ap, an, bp, bn = A[tp].copy(), A[tn].copy(), B[tp].copy(), B[tn].copy()
         x = float(np.dot(vu, ap - an)) + (float(np.dot(vi, bp - bn)) if i >= 0 else 0.0)
         g = np.float32(1.0 / (1.0 + math.exp(x)) if x <= 0 else math.exp(-x) / (1.0 + math.exp(-x)))  # σ(-x)
         loss += max(-x, 0.0) + math.log1p(math.exp(-abs(x)))  # -ln σ(x)
-        U[u] += lr * (g * (ap - an) - reg * vu)
+        Fu[u] += lr * (g * (ap - an) - reg * vu)
         A[tp] += lr * (g * vu - reg * ap)
         A[tn] += lr * (-g * vu - reg * an)
         if i >= 0:
-            I[i] += lr * (g * (bp - bn) - reg * vi)
+            Fi[i] += lr * (g * (bp - bn) - reg * vi)
             B[tp] += lr * (g * vi - reg * bp)
             B[tn] += lr * (-g * vi - reg * bn)
     return loss
 
 
-def algorithm1_fm(U, I, C, w, users, items, post, pos, neg, lr, reg):
+def algorithm1_fm(Fu, Fi, C, w, users, items, post, pos, neg, lr, reg):
     """Algorithm 1 for FM, y = w_t + <v_u + v_i, c_t>; arguments as `algorithm1_pitf`
     with C = tag (T, k) and w = bias (T,)."""
     loss = 0.0
     for s in range(len(post)):
         u, i, tp, tn = users[post[s]], items[post[s]], pos[s], neg[s]
-        vu = U[u].copy()
-        vi = I[i].copy() if i >= 0 else np.zeros_like(vu)
+        vu = Fu[u].copy()
+        vi = Fi[i].copy() if i >= 0 else np.zeros_like(vu)
         cp, cn, wp, wn = C[tp].copy(), C[tn].copy(), w[tp], w[tn]
         x = float(wp - wn) + float(np.dot(vu + vi, cp - cn))
         g = np.float32(1.0 / (1.0 + math.exp(x)) if x <= 0 else math.exp(-x) / (1.0 + math.exp(-x)))  # σ(-x)
         loss += max(-x, 0.0) + math.log1p(math.exp(-abs(x)))
-        U[u] += lr * (g * (cp - cn) - reg * vu)
+        Fu[u] += lr * (g * (cp - cn) - reg * vu)
         if i >= 0:
-            I[i] += lr * (g * (cp - cn) - reg * vi)
+            Fi[i] += lr * (g * (cp - cn) - reg * vi)
         C[tp] += lr * (g * (vu + vi) - reg * cp)
         C[tn] += lr * (-g * (vu + vi) - reg * cn)
         w[tp] = wp + lr * (g - reg * wp)
@@ -121,7 +122,7 @@ def algorithm1(family: str, params: dict[str, np.ndarray], user_of_post: np.ndar
     if family not in FAMILIES:
         raise ModelError(f"algorithm1: family must be one of {FAMILIES}, got {family!r}")
     t1, t2, t3, t4 = _tables(family, params)
-    fn = {("PITF", False): algorithm1_pitf, ("FM", False): algorithm1_fm,
+    fn: Callable[..., float] = {("PITF", False): algorithm1_pitf, ("FM", False): algorithm1_fm,
           ("PITF", True): algorithm1_pitf_jit, ("FM", True): algorithm1_fm_jit}[(family, compiled)]
     args = [np.ascontiguousarray(a, np.int64) for a in (user_of_post, item_of_post, post, pos, neg)]
     return float(fn(t1, t2, t3, t4, *args, lr, reg))
@@ -168,9 +169,9 @@ def _softplus_nb(z):
 
 
 @numba.njit(cache=True, nogil=True)
-def _pitf_run(U, I, A, B, users, items, post, pos, neg, lr, reg, lo, hi):
+def _pitf_run(Fu, Fi, A, B, users, items, post, pos, neg, lr, reg, lo, hi):
     """PITF updates of samples [lo, hi) in order, in place; the summed loss."""
-    k = U.shape[1]
+    k = Fu.shape[1]
     loss = 0.0
     lr32, reg32 = np.float32(lr), np.float32(reg)
     for s in range(lo, hi):
@@ -178,30 +179,30 @@ def _pitf_run(U, I, A, B, users, items, post, pos, neg, lr, reg, lo, hi):
         u, i, tp, tn = users[p], items[p], pos[s], neg[s]
         x = 0.0
         for f in range(k):
-            x += U[u, f] * (A[tp, f] - A[tn, f])
+            x += Fu[u, f] * (A[tp, f] - A[tn, f])
         if i >= 0:
             for f in range(k):
-                x += I[i, f] * (B[tp, f] - B[tn, f])
+                x += Fi[i, f] * (B[tp, f] - B[tn, f])
         g = np.float32(_sigmoid_nb(-x))
         loss += _softplus_nb(-x)
         for f in range(k):
-            vu, ap, an = U[u, f], A[tp, f], A[tn, f]
-            U[u, f] = vu + lr32 * (g * (ap - an) - reg32 * vu)
+            vu, ap, an = Fu[u, f], A[tp, f], A[tn, f]
+            Fu[u, f] = vu + lr32 * (g * (ap - an) - reg32 * vu)
             A[tp, f] = ap + lr32 * (g * vu - reg32 * ap)
             A[tn, f] = an + lr32 * (-g * vu - reg32 * an)
         if i >= 0:
             for f in range(k):
-                vi, bp, bn = I[i, f], B[tp, f], B[tn, f]
-                I[i, f] = vi + lr32 * (g * (bp - bn) - reg32 * vi)
+                vi, bp, bn = Fi[i, f], B[tp, f], B[tn, f]
+                Fi[i, f] = vi + lr32 * (g * (bp - bn) - reg32 * vi)
                 B[tp, f] = bp + lr32 * (g * vi - reg32 * bp)
                 B[tn, f] = bn + lr32 * (-g * vi - reg32 * bn)
     return loss
 
 
 @numba.njit(cache=True, nogil=True)
-def _fm_run(U, I, C, w, users, items, post, pos, neg, lr, reg, lo, hi):
+def _fm_run(Fu, Fi, C, w, users, items, post, pos, neg, lr, reg, lo, hi):
     """FM updates of samples [lo, hi) in order, in place; the summed loss."""
-    k = U.shape[1]
+    k = Fu.shape[1]
     loss = 0.0
     lr32, reg32 = np.float32(lr), np.float32(reg)
     for s in range(lo, hi):
@@ -209,17 +210,17 @@ def _fm_run(U, I, C, w, users, items, post, pos, neg, lr, reg, lo, hi):
         u, i, tp, tn = users[p], items[p], pos[s], neg[s]
         x = w[tp] - w[tn]
         for f in range(k):
-            side = U[u, f] + (I[i, f] if i >= 0 else np.float32(0.0))
+            side = Fu[u, f] + (Fi[i, f] if i >= 0 else np.float32(0.0))
             x += side * (C[tp, f] - C[tn, f])
         g = np.float32(_sigmoid_nb(-x))
         loss += _softplus_nb(-x)
         for f in range(k):
-            vu = U[u, f]
-            vi = I[i, f] if i >= 0 else np.float32(0.0)
+            vu = Fu[u, f]
+            vi = Fi[i, f] if i >= 0 else np.float32(0.0)
             cp, cn = C[tp, f], C[tn, f]
-            U[u, f] = vu + lr32 * (g * (cp - cn) - reg32 * vu)
+            Fu[u, f] = vu + lr32 * (g * (cp - cn) - reg32 * vu)
             if i >= 0:
-                I[i, f] = vi + lr32 * (g * (cp - cn) - reg32 * vi)
+                Fi[i, f] = vi + lr32 * (g * (cp - cn) - reg32 * vi)
             C[tp, f] = cp + lr32 * (g * (vu + vi) - reg32 * cp)
             C[tn, f] = cn + lr32 * (-g * (vu + vi) - reg32 * cn)
         wp, wn = w[tp], w[tn]

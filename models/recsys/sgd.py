@@ -122,8 +122,10 @@ def algorithm1(family: str, params: dict[str, np.ndarray], user_of_post: np.ndar
     if family not in FAMILIES:
         raise ModelError(f"algorithm1: family must be one of {FAMILIES}, got {family!r}")
     t1, t2, t3, t4 = _tables(family, params)
-    fn: Callable[..., float] = {("PITF", False): algorithm1_pitf, ("FM", False): algorithm1_fm,
-          ("PITF", True): algorithm1_pitf_jit, ("FM", True): algorithm1_fm_jit}[(family, compiled)]
+    table: dict[tuple[str, bool], Callable[..., float]] = {
+        ("PITF", False): algorithm1_pitf, ("FM", False): algorithm1_fm,
+        ("PITF", True): algorithm1_pitf_jit, ("FM", True): algorithm1_fm_jit}
+    fn = table[(family, compiled)]
     args = [np.ascontiguousarray(a, np.int64) for a in (user_of_post, item_of_post, post, pos, neg)]
     return float(fn(t1, t2, t3, t4, *args, lr, reg))
 

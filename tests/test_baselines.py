@@ -1,12 +1,20 @@
-"""Most-popular and user-popular baselines against direct computation."""
+"""The frequency baselines against direct computation."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 import numpy as np
+import pytest
 
-from models.baselines import MostPopular, UserPopular
+from models.baselines import (
+    ItemPopular,
+    MostPopular,
+    PopularityMix,
+    UserPopular,
+    get_baseline,
+    tune_alpha,
+)
 
 
 def _reference_user_topk(users, tags, u, k, global_order):
@@ -39,3 +47,93 @@ def test_user_popular_matches_reference_on_random_data():
 def test_user_popular_pads_with_minus_one_when_vocabulary_is_small():
     m = UserPopular(3, 1).fit(np.array([0, 0]), np.array([2, 2]))
     assert m.recommend(np.array([0]), 5).tolist() == [[2, 0, 1, -1, -1]]
+
+
+def _reference_mix(users, items, posts, tags, u, i, alpha, k, global_order):
+    """alpha * (share of u's posts with t) + (1 - alpha) * (share of i's posts with t), by hand."""
+    def shares(rows, r):
+        n = len({p for rr, p in zip(rows, posts) if rr == r})
+        c = Counter(t for rr, t in zip(rows, tags) if rr == r)
+        return {t: v / n for t, v in c.items()} if n else {}
+    su, si = (shares(users, u) if u >= 0 else {}), (shares(items, i) if i >= 0 else {})
+    score = {t: alpha * su.get(t, 0.0) + (1 - alpha) * si.get(t, 0.0) for t in set(su) | set(si)}
+    rank = {t: r for r, t in enumerate(global_order)}
+    for t in global_order:
+        score.setdefault(t, 0.0)
+    return sorted(score, key=lambda t: (-round(score[t], 12), rank[t]))[:k]
+
+
+def _pairs(seed, n_posts=400, n_users=15, n_items=25, n_tags=30):
+    rng = np.random.default_rng(seed)
+    post_user = rng.integers(0, n_users, n_posts)
+    post_item = rng.integers(0, n_items, n_posts)
+    per = rng.integers(1, 5, n_posts)
+    posts = np.repeat(np.arange(n_posts), per)
+    tags = (rng.zipf(1.6, len(posts)) + 3 * post_item[posts] + post_user[posts]) % n_tags
+    keep = np.unique(posts * n_tags + tags, return_index=True)[1]  # a tag once per post
+    posts, tags = posts[keep], tags[keep]
+    return post_user[posts], post_item[posts], posts, tags, (n_users, n_items, n_tags)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 0.3, 0.5, 1.0])
+def test_popularity_mix_matches_reference(alpha):
+    users, items, posts, tags, (nu, ni, nt) = _pairs(1)
+    m = PopularityMix(nt, nu, ni, alpha=alpha).fit(users, tags, items, post_index=posts)
+    q_users = np.array([0, 3, -1, 5, -1, 7])
+    q_items = np.array([2, -1, 4, 11, -1, 24])
+    got, scores = m.scores_topk(q_users, 10, q_items)
+    order = m.global_.order.tolist()
+    for r, (u, i) in enumerate(zip(q_users, q_items)):
+        want = _reference_mix(users.tolist(), items.tolist(), posts.tolist(), tags.tolist(), u, i, alpha, 10, order)
+        assert got[r].tolist() == want, (u, i)
+    assert np.all(np.diff(scores, axis=1) <= 1e-12) and scores.min() >= 0 and scores.max() <= 1
+
+
+def test_fallbacks_for_unseen_users_and_items():
+    users, items, posts, tags, (nu, ni, nt) = _pairs(2)
+    kw = dict(post_index=posts)
+    mix = PopularityMix(nt, nu, ni, alpha=0.4).fit(users, tags, items, **kw)
+    up = UserPopular(nt, nu, ni).fit(users, tags, items, **kw)
+    ip = ItemPopular(nt, nu, ni).fit(users, tags, items, **kw)
+    mp = MostPopular(nt).fit(users, tags)
+    u, i, none = np.arange(nu), np.arange(nu) % ni, -np.ones(nu, np.int64)
+    assert np.array_equal(mix.recommend(u, 8, none), up.recommend(u, 8, i))        # unique items: user-popular
+    assert np.array_equal(mix.recommend(none, 8, i), ip.recommend(none, 8, i))     # unseen user: item-popular
+    assert np.array_equal(ip.recommend(u, 8, none), mp.recommend(u, 8))            # unseen item: most-popular
+    assert np.array_equal(mix.recommend(none, 8, none), mp.recommend(none, 8))
+
+
+def test_chunked_scoring_equals_one_chunk(monkeypatch):
+    import models.baselines as b
+
+    users, items, posts, tags, (nu, ni, nt) = _pairs(3)
+    m = PopularityMix(nt, nu, ni, alpha=0.5).fit(users, tags, items, post_index=posts)
+    qu, qi = np.arange(nu).repeat(4), np.arange(4 * nu) % ni
+    whole = m.scores_topk(qu, 10, qi)
+    monkeypatch.setattr(b, "CANDIDATES_PER_CHUNK", 37)
+    parts = m.scores_topk(qu, 10, qi)
+    assert np.array_equal(whole[0], parts[0]) and np.allclose(whole[1], parts[1])
+
+
+def test_tune_alpha_picks_the_best_weight_on_validation():
+    """Tags that follow the item: the chosen mix beats user-popular; that follow the user: item-popular."""
+    rng = np.random.default_rng(0)
+    nu, ni, nt = 30, 30, 60
+    for follows in ("item", "user"):
+        pu, pi = rng.integers(0, nu, 1200), rng.integers(0, ni, 1200)
+        own = pi if follows == "item" else pu
+        tag = np.where(rng.random(1200) < 0.8, (2 * own + rng.integers(0, 8, 1200)) % nt, rng.integers(0, nt, 1200))
+        held = np.arange(1200) >= 1000
+        m = PopularityMix(nt, nu, ni).fit(pu[~held], tag[~held], pi[~held])
+        f1 = tune_alpha(m, pu[held], pi[held], np.arange(201), tag[held])
+        assert len(f1) == 11 and f1[m.alpha] == max(f1.values())
+        wrong = 1.0 if follows == "item" else 0.0
+        assert f1[m.alpha] > f1[wrong] + 0.05, (follows, f1)
+        assert abs(m.alpha - wrong) >= 0.5
+
+
+def test_unknown_baseline_lists_the_valid_ones():
+    from models.errors import ModelError
+
+    with pytest.raises(ModelError, match="user-item-popular"):
+        get_baseline("tag-popular", 3, 3)

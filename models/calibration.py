@@ -1,0 +1,200 @@
+"""Calibrated probabilities for top-k tags: write only the tags that are probably right.
+
+A model's top-k scores rank tags but do not say how likely a tag is to be right. A
+`Calibrator` is fitted on held-out posts (the validation split): for each of a post's top
+k tags, its score and whether it is one of the post's true tags (a hit). It then maps a
+score to P(hit), and `keep_at(probabilities, P)` keeps, per post, the tags whose
+probability meets a precision target P (possibly none): a platform writing tags into a
+search index asks for P = 0.9 and gets fewer, surer tags.
+
+Methods (`METHODS`):
+
+- `isotonic`: pool-adjacent-violators on (score, hit): the most flexible monotone map;
+  prediction interpolates linearly between the fitted blocks and is flat beyond them.
+- `platt`: P = σ(a · score + b) (Platt 1999), fitted by Newton's method on the log loss:
+  two parameters, smooth, but tied to a logistic shape.
+
+Each either over all (post, rank) pairs at once, or per rank (`per_rank=True`: one map for
+rank 1, one for rank 2, ...), since a tag's rank carries information its raw score does not
+(a post whose whole list scores high is not thereby easier). Probabilities along a post's
+list are made non-increasing (a running minimum), so the tags kept are always a prefix of
+the list. Which works better is measured on validation → test
+(`benchmarks/results/calibration.md`); `DEFAULT_METHOD` follows that measurement.
+
+Everything is JSON-able (`to_json` / `from_json`): a saved model carries its calibrator in
+model.json.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from models.errors import ModelError
+
+METHODS = ("isotonic", "platt")
+DEFAULT_METHOD = ("isotonic", True)  # (method, per_rank): see the module docstring
+TARGETS = (0.5, 0.7, 0.9)
+
+
+# --------------------------------------------------------------------------- the two maps
+
+
+def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None) -> dict[str, list[float]]:
+    """Pool adjacent violators: the non-decreasing step fit of y on x (least squares).
+
+    Returns {"x": knots, "y": values}: each block contributes its first and last x at its
+    mean y, so `isotonic_predict` interpolates between blocks and is flat inside one.
+    """
+    if len(x) == 0:
+        raise ModelError("isotonic calibration needs at least one (score, hit) pair")
+    order = np.argsort(x, kind="stable")
+    xs, ys = np.asarray(x, np.float64)[order], np.asarray(y, np.float64)[order]
+    ws = np.ones(len(xs)) if w is None else np.asarray(w, np.float64)[order]
+    # merge equal x first (one block per distinct score)
+    uniq, start = np.unique(xs, return_index=True)
+    sums, weights = np.add.reduceat(ys * ws, start), np.add.reduceat(ws, start)
+    vals, wts, lo, hi = [], [], [], []
+    for i in range(len(uniq)):
+        vals.append(sums[i] / weights[i])
+        wts.append(weights[i])
+        lo.append(uniq[i])
+        hi.append(uniq[i])
+        while len(vals) > 1 and vals[-2] > vals[-1]:
+            v2, w2, h2 = vals.pop(), wts.pop(), hi.pop()
+            lo.pop()
+            v1, w1 = vals[-1], wts[-1]
+            vals[-1], wts[-1], hi[-1] = (v1 * w1 + v2 * w2) / (w1 + w2), w1 + w2, h2
+    kx, ky = [], []
+    for v, a, b in zip(vals, lo, hi):
+        kx += [a, b] if b > a else [a]
+        ky += [v, v] if b > a else [v]
+    return {"x": [float(v) for v in kx], "y": [float(v) for v in ky]}
+
+
+def isotonic_predict(p: dict[str, list[float]], x: np.ndarray) -> np.ndarray:
+    return np.interp(np.asarray(x, np.float64), p["x"], p["y"])
+
+
+def platt_fit(x: np.ndarray, y: np.ndarray, iters: int = 50) -> dict[str, float]:
+    """σ(a x + b) by Newton's method on the log loss, with Platt's target smoothing
+    (hits -> (n+ + 1)/(n+ + 2), misses -> 1/(n- + 2)) so separable data keeps finite a."""
+    if len(x) == 0:
+        raise ModelError("Platt calibration needs at least one (score, hit) pair")
+    x = np.asarray(x, np.float64)
+    n_pos, n_neg = float(y.sum()), float(len(y) - y.sum())
+    t = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    mu, sd = x.mean(), x.std() or 1.0
+    z = (x - mu) / sd  # standardised for a well-conditioned Newton step
+    a, b = 0.0, float(np.log((n_pos + 1) / (n_neg + 1)))
+    for _ in range(iters):
+        p = 1 / (1 + np.exp(-(a * z + b)))
+        g = np.array([np.sum((p - t) * z), np.sum(p - t)])
+        h = p * (1 - p)
+        hess = np.array([[np.sum(h * z * z), np.sum(h * z)], [np.sum(h * z), np.sum(h)]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, g)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    return {"a": float(a / sd), "b": float(b - a * mu / sd)}
+
+
+def platt_predict(p: dict[str, float], x: np.ndarray) -> np.ndarray:
+    return 1 / (1 + np.exp(-(p["a"] * np.asarray(x, np.float64) + p["b"])))
+
+
+# --------------------------------------------------------------------------- calibrator
+
+
+@dataclass
+class Calibrator:
+    """Score -> P(hit) for the tags of top-k lists; one map, or one per rank."""
+
+    method: str = DEFAULT_METHOD[0]
+    per_rank: bool = DEFAULT_METHOD[1]
+    maps: list[dict[str, Any]] = field(default_factory=list)  # one, or one per rank
+    n_posts: int = 0  # validation posts it was fitted on
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ModelError(f"unknown calibration method {self.method!r}; valid: {list(METHODS)}")
+
+    def fit(self, scores: np.ndarray, hits: np.ndarray) -> Calibrator:
+        """scores, hits (n, k): each post's top-k scores, best first, and whether each is right.
+
+        Padding (score NaN, or a -1 tag the caller marked as not a hit with NaN score) is ignored.
+        """
+        scores, hits = np.asarray(scores, np.float64), np.asarray(hits, np.float64)
+        if scores.shape != hits.shape or scores.ndim != 2:
+            raise ModelError(f"calibration: scores {scores.shape} and hits {hits.shape} must be the same (n, k)")
+        fit = isotonic_fit if self.method == "isotonic" else platt_fit
+        cols = [np.arange(scores.shape[1])] if not self.per_rank else [[r] for r in range(scores.shape[1])]
+        self.maps = []
+        for c in cols:
+            s, h = scores[:, c].reshape(-1), hits[:, c].reshape(-1)
+            ok = np.isfinite(s)
+            if not ok.any():  # a rank no post reached: reuse the previous rank's map
+                self.maps.append(self.maps[-1] if self.maps else {"x": [0.0], "y": [0.0]})
+                continue
+            self.maps.append(fit(s[ok], h[ok]))
+        self.n_posts = int(len(scores))
+        return self
+
+    def predict(self, scores: np.ndarray) -> np.ndarray:
+        """(n, k) probabilities, non-increasing along each row; 0 where the score is NaN."""
+        if not self.maps:
+            raise ModelError("calibrator is not fitted")
+        scores = np.asarray(scores, np.float64)
+        pred = isotonic_predict if self.method == "isotonic" else platt_predict
+        out = np.empty_like(scores)
+        for r in range(scores.shape[1]):
+            m = self.maps[min(r, len(self.maps) - 1)]
+            out[:, r] = pred(m, scores[:, r])  # type: ignore[arg-type]
+        out = np.where(np.isfinite(scores), out, 0.0)
+        return np.minimum.accumulate(np.clip(out, 0.0, 1.0), axis=1)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"method": self.method, "per_rank": self.per_rank, "maps": self.maps, "n_posts": self.n_posts}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any]) -> Calibrator:
+        try:
+            return cls(doc["method"], bool(doc["per_rank"]), list(doc["maps"]), int(doc.get("n_posts", 0)))
+        except (KeyError, TypeError) as e:
+            raise ModelError(f"bad calibration record in model.json ({e}); retrain or re-calibrate the model") from None
+
+
+# --------------------------------------------------------------------------- using it
+
+
+def keep_at(probabilities: np.ndarray, target: float) -> np.ndarray:
+    """(n, k) bool: the tags whose probability meets the precision target."""
+    if not 0.0 < target <= 1.0:
+        raise ModelError(f"precision target must be in (0, 1], got {target}")
+    return np.asarray(probabilities) >= target
+
+
+def precision_coverage(probabilities: np.ndarray, hits: np.ndarray,
+                       targets: tuple[float, ...] = TARGETS) -> dict[str, dict[str, float]]:
+    """Per target P: precision reached (right tags / tags written), tags written per post,
+    and the share of posts that get at least one tag. A target nothing meets: precision NaN."""
+    out = {}
+    hits = np.asarray(hits, bool)
+    n = max(len(hits), 1)
+    for t in targets:
+        keep = keep_at(probabilities, t)
+        written = int(keep.sum())
+        out[f"{t:g}"] = {"precision": float(hits[keep].sum() / written) if written else float("nan"),
+                         "tags_per_post": written / n, "posts_with_tags": float(keep.any(1).sum() / n)}
+    return out
+
+
+def calibration_error(probabilities: np.ndarray, hits: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error: |mean probability - hit rate| over equal-width bins, weighted."""
+    p, h = np.asarray(probabilities).reshape(-1), np.asarray(hits, np.float64).reshape(-1)
+    b = np.minimum((p * bins).astype(int), bins - 1)
+    n = np.bincount(b, minlength=bins)
+    gap = np.abs(np.bincount(b, p, bins) - np.bincount(b, h, bins))
+    return float(gap.sum() / max(n.sum(), 1))

@@ -1,0 +1,103 @@
+"""Calibration of top-k scores: the maps against references, reached precision on fresh data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from scipy.optimize import isotonic_regression
+
+from models.calibration import (
+    Calibrator,
+    calibration_error,
+    isotonic_fit,
+    isotonic_predict,
+    keep_at,
+    platt_fit,
+    precision_coverage,
+)
+from models.errors import ModelError
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_isotonic_fit_equals_scipys_at_the_data(seed):
+    rng = np.random.default_rng(seed)
+    x = np.round(rng.normal(size=300), 1)  # ties in x
+    y = (rng.random(300) < 1 / (1 + np.exp(-2 * x))).astype(float)
+    fit = isotonic_fit(x, y)
+    # scipy pools samples in x order; equal x are one sample of their mean (weight = count)
+    ux, inv, cnt = np.unique(x, return_inverse=True, return_counts=True)
+    ref = isotonic_regression(np.bincount(inv, y) / cnt, weights=cnt.astype(float)).x
+    np.testing.assert_allclose(isotonic_predict(fit, ux), ref, atol=1e-12)
+    assert np.all(np.diff(isotonic_predict(fit, np.linspace(-5, 5, 200))) >= 0)
+
+
+def test_platt_recovers_a_planted_logistic():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=40_000) * 2
+    y = (rng.random(len(x)) < 1 / (1 + np.exp(-(1.5 * x - 0.7)))).astype(float)
+    p = platt_fit(x, y)
+    assert p["a"] == pytest.approx(1.5, abs=0.07) and p["b"] == pytest.approx(-0.7, abs=0.07)
+
+
+def _lists(rng, n, k=10, rank_effect=0.0):
+    """Top-k lists whose score is the logit of the hit probability (optionally shifted by rank)."""
+    logit = np.sort(rng.normal(0, 2, (n, k)), axis=1)[:, ::-1] + rng.normal(0, 1, (n, 1))
+    p = 1 / (1 + np.exp(-(logit - rank_effect * np.arange(k))))
+    return logit, rng.random((n, k)) < p
+
+
+@pytest.mark.parametrize("method,per_rank", [("isotonic", False), ("isotonic", True), ("platt", False),
+                                             ("platt", True)])
+def test_reached_precision_meets_the_target_on_fresh_posts(method, per_rank):
+    rng = np.random.default_rng(1)
+    s_val, h_val = _lists(rng, 3000)
+    s_test, h_test = _lists(rng, 3000)
+    cal = Calibrator(method, per_rank).fit(s_val, h_val)
+    probs = cal.predict(s_test)
+    assert np.all(np.diff(probs, axis=1) <= 0)  # kept tags are a prefix of each list
+    rep = precision_coverage(probs, h_test)
+    for target, r in rep.items():
+        assert r["precision"] >= float(target) - 0.03, (target, r)
+        assert r["tags_per_post"] > 0
+    assert rep["0.5"]["tags_per_post"] > rep["0.9"]["tags_per_post"]
+    assert calibration_error(probs, h_test) < 0.03
+
+
+def test_per_rank_calibration_sees_what_the_score_hides():
+    """Hit probability falls with rank beyond what the score says: only per-rank maps catch it."""
+    rng = np.random.default_rng(2)
+    s_val, h_val = _lists(rng, 4000, rank_effect=0.4)
+    s_test, h_test = _lists(rng, 4000, rank_effect=0.4)
+    gap = {}
+    for pr in (False, True):
+        probs = Calibrator("isotonic", pr).fit(s_val, h_val).predict(s_test)
+        gap[pr] = np.abs(probs.mean(0) - h_test.mean(0)).max()  # the worst rank's mean gap
+    assert gap[True] < 0.03 and gap[False] > gap[True] + 0.03, gap
+
+
+def test_json_roundtrip_and_bad_records():
+    rng = np.random.default_rng(3)
+    s, h = _lists(rng, 200)
+    cal = Calibrator("platt", True).fit(s, h)
+    back = Calibrator.from_json(json.loads(json.dumps(cal.to_json())))
+    np.testing.assert_array_equal(back.predict(s), cal.predict(s))
+    assert back.n_posts == 200
+    with pytest.raises(ModelError, match="bad calibration record"):
+        Calibrator.from_json({"method": "isotonic"})
+    with pytest.raises(ModelError, match="unknown calibration method 'beta'"):
+        Calibrator("beta")
+    with pytest.raises(ModelError, match="not fitted"):
+        Calibrator().predict(s)
+
+
+def test_padding_and_bad_targets():
+    s = np.array([[2.0, 1.0, np.nan], [0.5, np.nan, np.nan]])
+    h = np.array([[1, 0, 0], [1, 0, 0]], bool)
+    probs = Calibrator("isotonic", False).fit(s, h).predict(s)
+    assert probs[0, 2] == 0 and probs[1, 1] == 0
+    with pytest.raises(ModelError, match="precision target must be in"):
+        keep_at(probs, 1.5)
+    with pytest.raises(ModelError, match="same"):
+        Calibrator().fit(s, h[:, :2])

@@ -1,0 +1,240 @@
+"""A folksonomy where many users tag the same items (music artists, URLs, ...).
+
+The photo archive of `jobs.synth` has one item per photo; social-tagging sites are the
+other shape: a few thousand users tag the same items again and again, so what an item
+is tagged with by everyone else is the strongest single signal, and what a user says of
+every item (their own vocabulary) the second. Planted, as folksonomy data shows it
+(Golder & Huberman 2006; Cattuto et al. 2007):
+
+* Zipf popularity of items (a post picks an item by it) and of tags;
+* genres: every tag but the generic ones ("seen live", "favourites", "awesome") belongs to
+  one genre; every item has one or two genres, and its tags come from its genres' shared
+  distribution (every rock band gets "rock", "alternative", ...; popular tags likelier) or
+  from its own sparse distribution (a Dirichlet draw over a handful of its genres' tags);
+* users have one to three favourite genres (most of their items come from them), an
+  activity drawn from a heavy-tailed log-normal, a personal vocabulary (generic tags and
+  tags of their genres, a few borrowed from friends), and a personal weight: the chance
+  that a tag of theirs comes from their vocabulary rather than from the item's
+  distribution; a personal tag fits the item's genre more often than not;
+* a friendship graph with homophily (friends share a favourite genre more often than
+  chance) and heavy-tailed degrees;
+* one post per (user, item), each with 1 + Poisson(1.6) distinct tags.
+
+Pure numpy, seeded: the same parameters give the same arrays.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_TAGS = 10        # distinct tags per post at most
+GENERIC_FRAC = 0.1   # tags that belong to no genre (opinions, personal organisation)
+
+
+@dataclass
+class FolksonomyParams:
+    """Sizes and strengths of the planted structure.
+
+    The sizes are those of a public music-tagging dataset (~1,900 users, ~17,000 artists,
+    ~12,000 tags, ~70,000 tagged (user, artist) pairs, ~13 friends per user). The strengths
+    (tag Zipf exponent, genres, personal weight, genre share) were set so that the frequency
+    baselines reach on it about what they reach on that dataset after a 10-core with one
+    test post per user (most-popular, user-popular, user-item-popular; the recommenders were
+    not looked at): benchmarks/results/folksonomy.md.
+    """
+
+    num_users: int = 1900
+    num_items: int = 17_000
+    num_tags: int = 12_000
+    num_posts: int = 70_000
+    num_genres: int = 25
+    item_zipf: float = 1.0        # exponent of item popularity
+    tag_zipf: float = 1.2         # exponent of tag popularity
+    personal_weight: float = 0.55  # mean chance a tag comes from the user's vocabulary
+    genre_share: float = 0.4      # chance an item-side tag comes from its genre's shared distribution
+    taste: float = 0.7            # chance a post's item comes from a favourite genre
+    avg_friends: float = 13.0
+    homophily: float = 0.6        # chance a friendship stays inside a favourite genre
+    seed: int = 0
+
+
+@dataclass
+class Folksonomy:
+    """Posts as arrays plus the planted truth."""
+
+    user: np.ndarray           # (P,) int64 user index
+    item: np.ndarray           # (P,) int64 item index
+    indptr: np.ndarray         # (P+1,) CSR of each post's tags
+    tags: np.ndarray           # (nnz,) int64 tag indices
+    src: np.ndarray            # (E,) friendships, undirected, src < dst
+    dst: np.ndarray
+    tag_genre: np.ndarray      # (T,) int64, -1 generic
+    item_genres: np.ndarray    # (I, 2) int64 (second may repeat the first)
+    user_genres: np.ndarray    # (U, 3) int64 favourite genres (may repeat)
+    personal: np.ndarray       # (U,) float64 personal weight
+
+
+def _zipf(n: int, s: float) -> np.ndarray:
+    p = 1.0 / np.arange(1, n + 1) ** s
+    return p / p.sum()
+
+
+def _draw(cdf: np.ndarray, u: np.ndarray) -> np.ndarray:
+    return np.searchsorted(cdf, u * cdf[-1], side="right").clip(0, len(cdf) - 1)
+
+
+def _genre_tables(p: FolksonomyParams, rng: np.random.Generator, tag_pop: np.ndarray) -> tuple[np.ndarray, list]:
+    """(T,) genre of each tag (-1 generic) and, per genre, its tags with their popularity CDF."""
+    genre = rng.integers(0, p.num_genres, p.num_tags)
+    genre[rng.random(p.num_tags) < GENERIC_FRAC] = -1
+    tables = []
+    for g in range(-1, p.num_genres):
+        tags = np.flatnonzero(genre == g)
+        tables.append((tags, np.cumsum(tag_pop[tags]) if len(tags) else np.zeros(0)))
+    return genre, tables  # tables[g + 1] holds genre g
+
+
+def _items(p: FolksonomyParams, rng: np.random.Generator, tables: list) -> tuple[np.ndarray, list]:
+    """Each item's genres and its own sparse tag distribution (tags, CDF) over them."""
+    genres = rng.integers(0, p.num_genres, (p.num_items, 2))
+    genres[:, 1] = np.where(rng.random(p.num_items) < 0.5, genres[:, 0], genres[:, 1])
+    dists = []
+    size = 3 + rng.poisson(5, p.num_items)
+    for i in range(p.num_items):
+        g = np.where(rng.random(size[i]) < 0.75, genres[i, 0], genres[i, 1])
+        g = np.where(rng.random(size[i]) < 0.1, -1, g)
+        cand = np.concatenate([tables[gg + 1][0][_draw(tables[gg + 1][1], rng.random(1))] for gg in g])
+        tags = np.unique(cand)
+        w = rng.dirichlet(np.full(len(tags), 0.7))
+        dists.append((tags, np.cumsum(w)))
+    return genres, dists
+
+
+def _users(p: FolksonomyParams, rng: np.random.Generator, tables: list) -> tuple[np.ndarray, np.ndarray, list]:
+    """Favourite genres, personal weight and vocabulary (tags, weights, genres) of every user."""
+    n_fav = rng.integers(1, 4, p.num_users)
+    fav = rng.integers(0, p.num_genres, (p.num_users, 3))
+    fav[:, 1] = np.where(n_fav > 1, fav[:, 1], fav[:, 0])
+    fav[:, 2] = np.where(n_fav > 2, fav[:, 2], fav[:, 0])
+    a = 2.0
+    personal = rng.beta(a, a * (1 - p.personal_weight) / p.personal_weight, p.num_users)
+    vocab = []
+    size = 3 + rng.poisson(6, p.num_users)
+    for u in range(p.num_users):
+        g = np.where(rng.random(size[u]) < 0.4, -1, fav[u, rng.integers(0, 3, size[u])])
+        tags = np.unique(np.concatenate([tables[gg + 1][0][_draw(tables[gg + 1][1], rng.random(1))] for gg in g]))
+        vocab.append([tags, rng.dirichlet(np.full(len(tags), 0.5))])
+    return fav, personal, vocab
+
+
+def _friends(p: FolksonomyParams, rng: np.random.Generator, fav: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Undirected Chung-Lu friendships with Pareto weights, a share inside a favourite genre."""
+    u = p.num_users
+    w = (1.0 - rng.random(u)) ** (-1.0 / 1.5)
+    cdf = np.cumsum(w)
+    m = int(u * p.avg_friends / 2)
+    src = _draw(cdf, rng.random(m))
+    dst = _draw(cdf, rng.random(m))
+    same = rng.random(m) < p.homophily
+    if same.any():  # re-draw the partner among users sharing the source's first favourite genre
+        by_genre = [np.flatnonzero((fav == g).any(1)) for g in range(p.num_genres)]
+        g = fav[src[same], 0]
+        pick = np.array([by_genre[x][rng.integers(0, len(by_genre[x]))] for x in g])
+        dst[same] = pick
+    a, b = np.minimum(src, dst), np.maximum(src, dst)
+    key = np.unique((a * u + b)[a != b])
+    return key // u, key % u
+
+
+def _borrow(rng: np.random.Generator, vocab: list, src: np.ndarray, dst: np.ndarray) -> None:
+    """Each user takes up to two tags of a random friend's vocabulary (social influence)."""
+    n = len(vocab)
+    nb: list[list[int]] = [[] for _ in range(n)]
+    for a, b in zip(src.tolist(), dst.tolist()):
+        nb[a].append(b)
+        nb[b].append(a)
+    for u in range(n):
+        if not nb[u]:
+            continue
+        f = nb[u][rng.integers(0, len(nb[u]))]
+        ftags = vocab[f][0]
+        take = rng.choice(ftags, min(2, len(ftags)), replace=False)
+        tags = np.unique(np.concatenate([vocab[u][0], take]))
+        vocab[u] = [tags, rng.dirichlet(np.full(len(tags), 0.5))]
+
+
+def _posts_per_user(p: FolksonomyParams, rng: np.random.Generator) -> np.ndarray:
+    act = rng.lognormal(0.0, 1.2, p.num_users)
+    n = 1 + rng.multinomial(p.num_posts - p.num_users, act / act.sum())
+    return np.minimum(n, p.num_items)
+
+
+def _pick_items(p, rng, fav, n_posts, item_pop, item_genres) -> list[np.ndarray]:
+    """Distinct items per user: from a favourite genre with prob `taste`, else by popularity."""
+    cdf_all = np.cumsum(item_pop)
+    by_genre = [np.flatnonzero(item_genres[:, 0] == g) for g in range(p.num_genres)]
+    cdf_genre = [np.cumsum(item_pop[ix]) for ix in by_genre]
+    out = []
+    for u in range(p.num_users):
+        want, got = int(n_posts[u]), np.zeros(0, np.int64)
+        for _ in range(20):
+            k = 2 * (want - len(got)) + 4
+            g = fav[u, rng.integers(0, 3, k)]
+            mine = rng.random(k) < p.taste
+            pick = _draw(cdf_all, rng.random(k))
+            for j in np.flatnonzero(mine):
+                ix = by_genre[g[j]]
+                if len(ix):
+                    pick[j] = ix[_draw(cdf_genre[g[j]], rng.random(1))[0]]
+            got = np.concatenate([got, pick])
+            got = got[np.sort(np.unique(got, return_index=True)[1])]
+            if len(got) >= want:
+                break
+        out.append(got[:want])
+    return out
+
+
+def _post_tags(p, rng, user, item, fav_vocab, item_dists, genre_tables, tag_genre, item_genres,
+               personal) -> list[np.ndarray]:
+    """1 + Poisson(1.6) distinct tags per post: personal draws (fitting the item's genre
+    threefold likelier) with the user's weight, else item-side draws: from the genre's
+    shared distribution (`genre_share`) or the item's own."""
+    n = 1 + np.minimum(rng.poisson(1.6, len(user)), MAX_TAGS - 1)
+    out = []
+    for j in range(len(user)):
+        u, i = user[j], item[j]
+        vt, vw = fav_vocab[u]
+        fit = np.where(np.isin(tag_genre[vt], item_genres[i]) | (tag_genre[vt] < 0), 3.0, 1.0)
+        vcdf = np.cumsum(vw * fit)
+        it, icdf = item_dists[i]
+        k = 3 * n[j] + 3
+        own = rng.random(k) < personal[u]
+        gt, gcdf = genre_tables[item_genres[i, rng.integers(0, 2)] + 1]
+        shared = rng.random(k) < p.genre_share
+        item_side = np.where(shared, gt[_draw(gcdf, rng.random(k))], it[_draw(icdf, rng.random(k))])
+        cand = np.where(own, vt[_draw(vcdf, rng.random(k))], item_side)
+        first = np.sort(np.unique(cand, return_index=True)[1])
+        out.append(cand[first][: n[j]])
+    return out
+
+
+def make_folksonomy(p: FolksonomyParams) -> Folksonomy:
+    """Draw the whole folksonomy (see the module docstring)."""
+    rng = np.random.default_rng([p.seed, 0xF01C])
+    tag_pop = _zipf(p.num_tags, p.tag_zipf)[rng.permutation(p.num_tags)]
+    tag_genre, tables = _genre_tables(p, rng, tag_pop)
+    item_genres, item_dists = _items(p, rng, tables)
+    fav, personal, vocab = _users(p, rng, tables)
+    src, dst = _friends(p, rng, fav)
+    _borrow(rng, vocab, src, dst)
+    item_pop = _zipf(p.num_items, p.item_zipf)[rng.permutation(p.num_items)]
+    picks = _pick_items(p, rng, fav, _posts_per_user(p, rng), item_pop, item_genres)
+    user = np.repeat(np.arange(p.num_users), [len(x) for x in picks])
+    item = np.concatenate(picks).astype(np.int64)
+    tags = _post_tags(p, rng, user, item, vocab, item_dists, tables, tag_genre, item_genres, personal)
+    indptr = np.zeros(len(tags) + 1, np.int64)
+    np.cumsum([len(t) for t in tags], out=indptr[1:])
+    return Folksonomy(user.astype(np.int64), item, indptr, np.concatenate(tags).astype(np.int64),
+                      src.astype(np.int64), dst.astype(np.int64), tag_genre, item_genres, fav, personal)

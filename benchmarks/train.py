@@ -10,6 +10,11 @@ CPU section, one run, same data and model (PITF-IC-OD):
     excluded, the per-epoch state pull included).
 GPU section (only where CUDA exists): one BPR step for PITF-IC-OD at k=128, 100k users,
 2000 tags, fused vs autograd.
+Per-sample SGD section (PITF without content, on a folksonomy where many users tag the same
+items, `jobs._synth_folksonomy`, 10-core, one test post per user): the numba trainer
+(`models.recsys.sgd.SGDTrainer`, 1 thread and Hogwild on 2) against Algorithm 1 as a plain
+loop compiled by numba (`algorithm1_pitf_jit`, numpy-drawn negatives), the same epochs and
+hyperparameters: samples/s and test F1@5 side by side.
 
 Last lines: `RATIO <name> <ours/reference>` (> 1: ours faster).
 """
@@ -101,11 +106,92 @@ def ray_rate(data: PostData, n_users: int, n_items: int, n_tags: int, dim: int, 
         eng.close()
 
 
+def folksonomy_split(tmp: Path, quick: bool, seed: int = 0) -> tuple[PostData, PostData, PostData, dict]:
+    """train/val/test PostData of a generated folksonomy after jobs.prepare (10-core, 1 test post per user)."""
+    import pyarrow.parquet as pq
+
+    from jobs._synth_folksonomy import FolksonomyParams, edges_table, make_folksonomy, posts_table
+    from jobs.prepare import PrepareConfig
+    from jobs.prepare import run as prepare
+    from jobs.synth import tag_names
+    from jobs.train import _posts, _read, load_split
+
+    p = FolksonomyParams(seed=seed) if not quick else FolksonomyParams(num_users=500, num_items=4000,
+                                                                      num_tags=3000, num_posts=20_000, seed=seed)
+    f = make_folksonomy(p)
+    pq.write_table(posts_table(f, tag_names(p.num_tags)), tmp / "posts.parquet")
+    pq.write_table(edges_table(f), tmp / "edges.parquet")
+    prepare(PrepareConfig(posts=str(tmp / "posts.parquet"), out=str(tmp), p_core=10, p_core_items=True,
+                          test_per_user=1, seed=seed))
+    d = load_split(tmp / "split")
+    test, _ = _posts(_read(tmp / "split", "test"), d.user_ids, d.item_ids, d.tags)
+    sizes = {"users": len(d.user_ids), "items": len(d.item_ids), "tags": len(d.tags)}
+    return d.train, d.val, test, sizes
+
+
+def sgd_section(quick: bool) -> tuple[list[tuple[str, float]], dict[str, float]]:
+    """Rows (what, samples/s) and test F1@5 of the reference loop and the numba trainer."""
+    import tempfile
+
+    from models.recsys.bpr import sample_negatives
+    from models.recsys.evaluate import evaluate
+    from models.recsys.sgd import SGDConfig, SGDTrainer, algorithm1
+
+    epochs, dim, lr, reg = (30, 64, 0.05, 5e-5) if quick else (100, 64, 0.05, 5e-5)
+    with tempfile.TemporaryDirectory() as tmp:
+        train, _, test, sz = folksonomy_split(Path(tmp), quick)
+    post, tag = train.pairs()
+    codes = np.sort(np.repeat(np.arange(len(train)), np.diff(train.indptr)) * train.n_tags + train.indices)
+
+    def fresh():
+        return get_model("PITF", n_users=sz["users"], n_items=sz["items"], n_tags=sz["tags"], dim=dim, seed=0)
+
+    ref = fresh()
+    params = {k: v.numpy() for k, v in ref.params.items()}
+    algorithm1("PITF", params, train.user_index, train.item_index, post[:10], tag[:10],
+               (tag[:10] + 1) % train.n_tags, lr, reg, compiled=True)  # compile outside the clock
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        rng = np.random.default_rng([0, e])
+        order = rng.permutation(len(post))
+        neg = sample_negatives(post[order], codes, train.n_tags, rng)
+        algorithm1("PITF", params, train.user_index, train.item_index, post[order], tag[order], neg, lr, reg,
+                   compiled=True)
+    rates = {"reference": epochs * len(post) / (time.perf_counter() - t0)}
+    f1 = {"reference": evaluate(ref, test)["f1@5"]}
+    for threads in (1, 2):
+        cfg = SGDConfig(lr=lr, reg=reg, seed=0, threads=threads)
+        SGDTrainer(fresh(), train.subset(np.arange(20)), cfg).run_epoch(0)  # compiles outside the clock
+        m = fresh()
+        tr = SGDTrainer(m, train, cfg)
+        t0 = time.perf_counter()
+        for e in range(epochs):
+            tr.run_epoch(e)
+        rates[f"sgd{threads}"] = epochs * len(post) / (time.perf_counter() - t0)
+        f1[f"sgd{threads}"] = evaluate(m, test)["f1@5"]
+        tr.close()
+    print(f"per-sample SGD: PITF dim {dim}, {epochs} epochs, lr {lr}, reg {reg}; {len(train):,} train posts, "
+          f"{len(post):,} pairs/epoch, {sz['users']:,} users, {sz['items']:,} items, {sz['tags']:,} tags; "
+          f"{len(test):,} test posts")
+    rows = [("cpu per-sample: Algorithm 1 loop, numba (reference)", rates["reference"]),
+            ("cpu per-sample: SGDTrainer, 1 thread", rates["sgd1"]),
+            ("cpu per-sample: SGDTrainer, Hogwild 2 threads", rates["sgd2"])]
+    print(f"{'what':<62} {'samples/s':>14} {'test F1@5':>10}")
+    for (name, rate), key in zip(rows, ("reference", "sgd1", "sgd2")):
+        print(f"{name:<62} {rate:>14,.0f} {f1[key]:>10.4f}")
+    return rows, {**{f"rate_{k}": v for k, v in rates.items()}, **{f"f1_{k}": v for k, v in f1.items()}}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small data, dim 64: under a minute")
     ap.add_argument("--skip-ray", action="store_true", help="kernel and single-process loop only")
+    ap.add_argument("--only-sgd", action="store_true", help="only the per-sample SGD section")
     a = ap.parse_args()
+    if a.only_sgd:
+        _, r = sgd_section(a.quick)
+        print_sgd_ratios(r)
+        return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     torch.set_num_threads(1)  # the single-process loop gets one core, like each Ray worker
     n_posts, n_users, n_items, n_tags, dim, epochs = ((40_000, 4_000, 40_000, 500, 64, 2) if a.quick
@@ -156,6 +242,16 @@ def main() -> None:
     if gpu is not None:
         print(f"RATIO bpr_step_fused_vs_autograd_gpu {gpu[0] / gpu[1]:.3f}")
         print(f"RATIO bpr_step_fused_vs_autograd_gpu_8_per_post {gpu8[0] / gpu8[1]:.3f}")
+    _, r = sgd_section(a.quick)
+    print_sgd_ratios(r)
+
+
+def print_sgd_ratios(r: dict[str, float]) -> None:
+    """Speed and quality of the numba trainer against the reference loop (> 1: ours faster / better)."""
+    print(f"RATIO sgd_1_thread_vs_algorithm1_loop {r['rate_sgd1'] / r['rate_reference']:.3f}")
+    print(f"RATIO sgd_hogwild_2_vs_algorithm1_loop {r['rate_sgd2'] / r['rate_reference']:.3f}")
+    print(f"RATIO sgd_1_thread_f1_vs_algorithm1_loop {r['f1_sgd1'] / r['f1_reference']:.3f}")
+    print(f"RATIO sgd_hogwild_2_f1_vs_algorithm1_loop {r['f1_sgd2'] / r['f1_reference']:.3f}")
 
 
 if __name__ == "__main__":

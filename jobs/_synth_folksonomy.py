@@ -28,6 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 MAX_TAGS = 10        # distinct tags per post at most
 GENERIC_FRAC = 0.1   # tags that belong to no genre (opinions, personal organisation)
@@ -238,3 +240,26 @@ def make_folksonomy(p: FolksonomyParams) -> Folksonomy:
     np.cumsum([len(t) for t in tags], out=indptr[1:])
     return Folksonomy(user.astype(np.int64), item, indptr, np.concatenate(tags).astype(np.int64),
                       src.astype(np.int64), dst.astype(np.int64), tag_genre, item_genres, fav, personal)
+
+
+def user_ids(n: int) -> np.ndarray:
+    """Contract ids of user indices (not 0..U-1, so ids and indices are never confused)."""
+    return 1000 + 7 * np.arange(n, dtype=np.int64)
+
+
+def posts_table(f: Folksonomy, tag_names: list[str]) -> pa.Table:
+    """The data contract's posts: one per (user, item), `item_id` explicit, no image files
+    (each `image` names its item, `items/<item id>.jpg`, and does not exist: a tag-only archive)."""
+    item_id = f.item + 1
+    images = pc.binary_join_element_wise("items/", pc.cast(pa.array(item_id), pa.string()), ".jpg", "")
+    vocab = pa.array(tag_names, pa.string())
+    tags = pa.ListArray.from_arrays(pa.array(f.indptr.astype(np.int32)), vocab.take(pa.array(f.tags)))
+    return pa.table({"post_id": pa.array(1 + np.arange(len(f.user), dtype=np.int64)),
+                     "user_id": pa.array(user_ids(len(f.personal))[f.user]), "image": images, "tags": tags,
+                     "item_id": pa.array(item_id)})
+
+
+def edges_table(f: Folksonomy) -> pa.Table:
+    """Friendships, each once (src < dst); the graph is undirected."""
+    ids = user_ids(len(f.personal))
+    return pa.table({"src": pa.array(ids[f.src]), "dst": pa.array(ids[f.dst])})

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 FAMILY_COLOURS = {"PITF": ("#1f77b4", "#0b3d66"), "FM": ("#d62728", "#7a1516"),
                   "multi-label": ("#2ca02c", "#155215"), "baseline": ("#7f7f7f", "#3a3a3a"),
                   "other": ("#9467bd", "#4b2d66")}
 CONTENT_STYLES = {"": "-", "IC": "--", "OD": ":", "IC-OD": "-."}
-BASELINE_STYLES = {"user-item-popular": "-", "user-popular": "--", "item-popular": "-.", "most-popular": ":",
+BASELINE_STYLES: dict[str, Any] = {"user-item-popular": "-", "user-popular": "--", "item-popular": "-.", "most-popular": ":",
                    "friends-popular": (0, (5, 1, 1, 1, 1, 1))}
 MULTILABEL_STYLES = {"social-multilabel": "-", "visual-multilabel": "--"}
 
@@ -38,6 +39,7 @@ def style(name: str) -> dict:
     fam = family(name)
     social = name.endswith("+SN")
     base = name[:-3] if social else name
+    ls: Any
     if fam in ("PITF", "FM"):
         ls = CONTENT_STYLES.get(base[len(fam):].lstrip("-"), "-")
     elif fam == "baseline":

@@ -59,8 +59,8 @@ def test_reached_precision_meets_the_target_on_fresh_posts(method, per_rank):
     assert np.all(np.diff(probs, axis=1) <= 0)  # kept tags are a prefix of each list
     rep = precision_coverage(probs, h_test)
     for target, r in rep.items():
-        assert r["precision"] >= float(target) - 0.03, (target, r)
-        assert r["tags_per_post"] > 0
+        assert r["precision"] >= float(target) - 0.03 and r["target_kept"] == "yes", (target, r)
+        assert r["tags_per_post"] > 0 and r["ci95"][0] <= r["precision"] <= r["ci95"][1]
     assert rep["0.5"]["tags_per_post"] > rep["0.9"]["tags_per_post"]
     assert calibration_error(probs, h_test) < 0.03
 
@@ -101,3 +101,14 @@ def test_padding_and_bad_targets():
         keep_at(probs, 1.5)
     with pytest.raises(ModelError, match="same"):
         Calibrator().fit(s, h[:, :2])
+
+
+def test_target_verdicts_tell_a_miss_from_noise():
+    probs = np.array([[0.95, 0.6], [0.95, 0.6], [0.95, 0.6], [0.95, 0.1]])
+    hits = np.array([[1, 1], [1, 0], [0, 0], [1, 0]], bool)
+    rep = precision_coverage(probs, hits, targets=(0.5, 0.9, 0.99))
+    assert rep["0.9"]["tags_written"] == 4 and rep["0.9"]["precision"] == 0.75
+    assert rep["0.9"]["target_kept"] == "within noise"   # 3 of 4: too few tags to call it a miss
+    assert rep["0.99"]["target_kept"] == "nothing written"
+    many = precision_coverage(np.full((1000, 1), 0.9), np.arange(1000)[:, None] % 2 == 0, targets=(0.9,))
+    assert many["0.9"]["target_kept"] == "no"            # 0.5 on 1000 tags is a miss

@@ -1,0 +1,89 @@
+"""The folksonomy generator: many users tag the same items, with the planted structure it promises."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from jobs._synth_folksonomy import FolksonomyParams, edges_table, make_folksonomy, posts_table
+from models.baselines import MostPopular, PopularityMix
+from models.metrics import metrics_at_k
+
+SMALL = dict(num_users=300, num_items=2000, num_tags=1500, num_posts=9000, num_genres=12)
+
+
+@pytest.fixture(scope="module")
+def folk():
+    return make_folksonomy(FolksonomyParams(**SMALL, seed=3))
+
+
+def test_same_seed_same_folksonomy_other_seed_another():
+    tiny = dict(num_users=60, num_items=300, num_tags=200, num_posts=1500, num_genres=6)
+    a, b = (make_folksonomy(FolksonomyParams(**tiny, seed=5)) for _ in range(2))
+    c = make_folksonomy(FolksonomyParams(**tiny, seed=6))
+    for k in ("user", "item", "indptr", "tags", "src", "dst"):
+        assert np.array_equal(getattr(a, k), getattr(b, k)), k
+    assert not np.array_equal(a.tags[:300], c.tags[:300])
+
+
+def test_one_post_per_user_item_and_a_few_distinct_tags(folk):
+    assert len(np.unique(folk.user * 10**6 + folk.item)) == len(folk.user)
+    n = np.diff(folk.indptr)
+    assert n.min() >= 1 and n.max() <= 10 and 2.0 < n.mean() < 3.2
+    for p in range(0, len(folk.user), 97):
+        t = folk.tags[folk.indptr[p]:folk.indptr[p + 1]]
+        assert len(np.unique(t)) == len(t)
+
+
+def test_many_users_tag_the_same_items_zipf(folk):
+    per_item = np.bincount(folk.item)
+    per_item = np.sort(per_item[per_item > 0])[::-1]
+    assert per_item[0] >= 50                                   # a head of items many users tag
+    assert per_item[: len(per_item) // 100].sum() > 0.1 * len(folk.user)  # the top 1% hold over 10%
+    uses = np.sort(np.bincount(folk.tags))[::-1]
+    assert uses[:15].sum() > 0.15 * len(folk.tags)             # Zipf tags: a heavy head
+
+
+def _split(f):
+    """Last post of each user with >= 3 posts held out; pairs of the rest."""
+    last = np.r_[np.flatnonzero(np.diff(f.user)), len(f.user) - 1]
+    last = last[np.bincount(f.user)[f.user[last]] >= 3]
+    held = np.zeros(len(f.user), bool)
+    held[last] = True
+    post = np.repeat(np.arange(len(f.user)), np.diff(f.indptr))
+    tr = ~held[post]
+    ptr = np.r_[0, np.cumsum(np.diff(f.indptr)[held])]
+    return post[tr], f.tags[tr], last, ptr, f.tags[held[post]]
+
+
+def test_items_and_users_each_carry_their_own_tags(folk):
+    post, tags, held, ptr, truth = _split(folk)
+    n_tags, n_users, n_items = len(folk.tag_genre), len(folk.personal), len(folk.item_genres)
+    f1 = {"most-popular": metrics_at_k(MostPopular(n_tags).fit(folk.user[post], tags).recommend(folk.user[held], 5),
+                                       ptr, truth, ks=(5,))["f1@5"]}
+    for name, alpha in (("user", 1.0), ("item", 0.0), ("mix", 0.5)):
+        m = PopularityMix(n_tags, n_users, n_items, alpha=alpha).fit(folk.user[post], tags, folk.item[post], post_index=post)
+        f1[name] = metrics_at_k(m.recommend(folk.user[held], 5, folk.item[held]), ptr, truth, ks=(5,))["f1@5"]
+    assert f1["user"] > f1["most-popular"] + 0.08 and f1["item"] > f1["most-popular"] + 0.05, f1
+    assert f1["mix"] > max(f1["user"], f1["item"]) + 0.02, f1      # both sides add information
+
+
+def test_friends_share_a_favourite_genre_more_than_strangers(folk):
+    fav = folk.user_genres
+    share = lambda a, b: np.mean([len(set(fav[x]) & set(fav[y])) > 0 for x, y in zip(a, b)])  # noqa: E731
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(0, len(fav), 3000), rng.integers(0, len(fav), 3000)
+    assert share(folk.src, folk.dst) > share(a, b) + 0.2
+    assert (folk.src < folk.dst).all() and 8 < 2 * len(folk.src) / len(fav) < 16
+
+
+def test_tables_meet_the_data_contract(folk, tmp_path):
+    from jobs.contract import read_edges, read_posts
+    from jobs.synth import tag_names
+
+    pq.write_table(posts_table(folk, tag_names(len(folk.tag_genre))), tmp_path / "posts.parquet")
+    pq.write_table(edges_table(folk), tmp_path / "edges.parquet")
+    posts = read_posts(tmp_path / "posts.parquet")
+    assert posts.num_rows == len(folk.user) and len(np.unique(posts["item_id"].to_numpy())) == len(np.unique(folk.item))
+    assert read_edges(tmp_path / "edges.parquet")[0].num_rows == len(folk.src)

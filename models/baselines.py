@@ -3,6 +3,7 @@
 - `most-popular`: the globally most frequent training tags, the same list for every post.
 - `user-popular`: the user's own most used tags.
 - `item-popular`: the item's most used tags (what everyone else tagged this artist, URL, photo).
+- `friends-popular`: the mean over the user's friends (social graph) of P(t | friend).
 - `user-item-popular`: the mix `alpha * P(t | user) + (1 - alpha) * P(t | item)`, with
   P(t | user) the fraction of the user's training posts that carry t (likewise per item),
   so a user with many posts and an item with few weigh the same; `alpha` is chosen on the
@@ -31,7 +32,9 @@ import numpy as np
 from models.metrics import metrics_at_k
 
 BASELINES = ("most-popular", "user-popular", "item-popular", "user-item-popular")
+SOCIAL_BASELINES = ("friends-popular",)  # need the social graph
 ALPHA_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query row, tag, score) per candidate
 CANDIDATES_PER_CHUNK = 1 << 22  # candidate (post, tag) pairs held at once by scores_topk
 
 
@@ -145,18 +148,23 @@ class PopularityMix:
             out += table.lengths(user_index if which == "user" else item_index)
         return out
 
-    def _chunk(self, user_index: np.ndarray, item_index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        n, T = len(user_index), self.n_tags
-        gk = self.global_.order[:k]
-        q_parts, t_parts, s_parts = [np.repeat(np.arange(n), len(gk))], [np.tile(gk, n)], [np.zeros(n * len(gk))]
+    def _candidates(self, user_index: np.ndarray, item_index: np.ndarray) -> list[Candidates]:
+        """(query row, tag, weighted share) of the user's and the item's tags."""
+        out: list[Candidates] = []
         for table, weight, which in self._parts():
             q, t, s = table.gather(user_index if which == "user" else item_index)
-            q_parts.append(q)
-            t_parts.append(t)
-            s_parts.append(weight * s)
-        codes = np.concatenate(q_parts) * T + np.concatenate(t_parts)
+            out.append((q, t, weight * s))
+        return out
+
+    def _chunk(self, user_index: np.ndarray, item_index: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top k of the summed candidate scores per query, ties and the rest in the global order."""
+        n, T = len(user_index), self.n_tags
+        gk = self.global_.order[:k]
+        cands: list[Candidates] = [(np.repeat(np.arange(n), len(gk)), np.tile(gk, n), np.zeros(n * len(gk)))]
+        cands += self._candidates(user_index, item_index)
+        codes = np.concatenate([c[0] for c in cands]) * T + np.concatenate([c[1] for c in cands])
         uniq, inv = np.unique(codes, return_inverse=True)
-        score = np.bincount(inv.reshape(-1), weights=np.concatenate(s_parts), minlength=len(uniq))
+        score = np.bincount(inv.reshape(-1), weights=np.concatenate([c[2] for c in cands]), minlength=len(uniq))
         q, t = uniq // T, uniq % T
         rank = np.empty(T, np.int64)
         rank[self.global_.order] = np.arange(T)
@@ -184,6 +192,45 @@ class ItemPopular(PopularityMix):
 
     def __init__(self, n_tags: int, n_users: int, n_items: int = 0) -> None:
         super().__init__(n_tags, n_users, n_items, alpha=0.0, name="item-popular")
+
+
+class FriendsPopular(PopularityMix):
+    """The mean over a user's friends of P(t | friend): what the people they know tag with.
+
+    Friends are the user's neighbours in the social graph (CSR over user indices, both
+    directions for an undirected graph) that have training posts; a user with none gets the
+    global list. Needs no history of the user: the baseline of the cold-start user.
+    """
+
+    def __init__(self, n_tags: int, n_users: int, indptr: np.ndarray, indices: np.ndarray) -> None:
+        super().__init__(n_tags, n_users, 0, alpha=1.0, name="friends-popular")
+        self.nb_indptr, self.nb_indices = np.asarray(indptr, np.int64), np.asarray(indices, np.int64)
+
+    def _friends(self, user_index: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(query row, friend) of every friend with training posts of each query user."""
+        users = self.users
+        assert users is not None, "fit first"
+        lens = np.where(user_index >= 0, self.nb_indptr[np.maximum(user_index, 0) + 1]
+                        - self.nb_indptr[np.maximum(user_index, 0)], 0)
+        q = np.repeat(np.arange(len(user_index)), lens)
+        start = np.repeat(np.where(user_index >= 0, self.nb_indptr[np.maximum(user_index, 0)], 0)
+                          - np.cumsum(lens) + lens, lens)
+        f = self.nb_indices[start + np.arange(int(lens.sum()))]
+        has = users.lengths(f) > 0
+        return q[has], f[has]
+
+    def _lengths(self, user_index: np.ndarray, item_index: np.ndarray) -> np.ndarray:
+        assert self.users is not None, "fit first"
+        q, f = self._friends(user_index)
+        return np.bincount(q, weights=self.users.lengths(f), minlength=len(user_index)).astype(np.int64)
+
+    def _candidates(self, user_index: np.ndarray, item_index: np.ndarray) -> list[Candidates]:
+        assert self.users is not None, "fit first"
+        q, f = self._friends(user_index)
+        n_friends = np.bincount(q, minlength=len(user_index))
+        fq, t, share = self.users.gather(f)
+        owner = q[fq]
+        return [(owner, t, share / n_friends[owner])]
 
 
 def _posts_per_row(rows: np.ndarray, post_index: np.ndarray | None, n_rows: int) -> np.ndarray:

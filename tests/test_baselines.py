@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from models.baselines import (
+    FriendsPopular,
     ItemPopular,
     MostPopular,
     PopularityMix,
@@ -137,3 +138,27 @@ def test_unknown_baseline_lists_the_valid_ones():
 
     with pytest.raises(ModelError, match="user-item-popular"):
         get_baseline("tag-popular", 3, 3)
+
+
+def test_friends_popular_matches_reference():
+    users, items, posts, tags, (nu, ni, nt) = _pairs(4)
+    rng = np.random.default_rng(4)
+    a, b = rng.integers(0, nu + 3, 40), rng.integers(0, nu + 3, 40)   # users >= nu have no posts
+    n = nu + 3
+    key = np.unique(np.concatenate([a * n + b, b * n + a])[np.concatenate([a != b, a != b])])
+    src, dst = key // n, key % n
+    indptr = np.r_[0, np.cumsum(np.bincount(src, minlength=n))]
+    m = FriendsPopular(nt, n, indptr, dst).fit(users, tags, post_index=posts)
+    got, scores = m.scores_topk(np.arange(n), 6)
+    order = m.global_.order.tolist()
+    for u in range(n):
+        friends = [f for f in dst[indptr[u]:indptr[u + 1]].tolist() if f < nu and (users == f).any()]
+        score: dict[int, float] = {}
+        for f in friends:
+            n_posts = len(set(posts[users == f].tolist()))
+            for t, c in Counter(tags[users == f].tolist()).items():
+                score[t] = score.get(t, 0.0) + c / n_posts / len(friends)
+        want = sorted(set(score) | set(order), key=lambda t: (-round(score.get(t, 0.0), 12), order.index(t)))[:6]
+        assert got[u].tolist() == want, u
+    lonely = [u for u in range(n) if not any(f < nu for f in dst[indptr[u]:indptr[u + 1]])]
+    assert lonely and all(got[u].tolist() == order[:6] for u in lonely)

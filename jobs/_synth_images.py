@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from models.views import IC_DIM, OD_DIM
+
 TEXTURES = ("stripes", "checker", "noise", "gradient", "rings")
 SHAPES = ("circle", "rectangle", "triangle")
 MAX_TAGS = 6          # tags per post, so at most 6 signatures per image
-IC_DIM, OD_DIM = 512, 80
 _BG_LEVELS = 128      # palette indices 0..127: the background gradient; 128..: shape colours
 # Below this many images one process is faster than starting a spawn pool (~1 s of imports).
 POOL_MIN_IMAGES = 1000

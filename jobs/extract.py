@@ -31,11 +31,10 @@ import numpy as np
 
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for
 from jobs.errors import InputError, JobError
+from models.views import IC_DIM, IC_VIEW, OD_DIM, OD_VIEW
 
 log = logging.getLogger("jobs.extract")
 
-IC_VIEW, OD_VIEW = "image/vgg16@1", "image/yolo@1"
-IC_DIM, OD_DIM = 512, 80
 
 
 @dataclasses.dataclass

@@ -6,7 +6,7 @@
     → driver, the single writer: Parquet part file, then the store view
 
 Each task opens the store read-only (reader handles open lazily in the worker), reads
-the user and image vectors of its posts in batches (`jobs.features.gather`), scores all tags
+the user and image vectors of its posts in batches (`jobs.features.FeatureReader`), scores all tags
 with the saved model (`post_vectors(batch) @ tag_matrix().T`), keeps the top k with
 `models.scoring` and recomputes those k scores batch-invariantly (`rescore`), so a post's
 bytes do not depend on which batch or run scored it.
@@ -51,8 +51,12 @@ from featurestore.errors import StoreError
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs.errors import InputError, JobError
+from jobs.features import FeatureReader
+from jobs.posts import tag_csr
+from models.csr import take_rows
 from models.errors import ModelError
-from models.recsys.saved import IdIndex, feature_views, id_vocab, tag_vocabulary, uses_item_factor
+from models.recsys.data import IdIndex
+from models.recsys.saved import feature_views, id_vocab, tag_vocabulary, uses_item_factor
 
 log = logging.getLogger("jobs.score")
 
@@ -145,10 +149,10 @@ def read_posts_sorted(cfg: ScoreConfig, vocab: list[str]) -> dict[str, np.ndarra
         for c in out:
             out[c][at:at + m] = b.column(c).to_numpy(zero_copy_only=False)
         tags = b.column("tags")
-        ip, ix = _own_tag_csr(tags, value_set)
+        ip, ix, _ = tag_csr(tags, value_set)
         row_len[at:at + m] = np.diff(ip)
         n_tags[at:at + m] = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-        indices.append(ix)
+        indices.append(ix.astype(np.int32))
         at += m
     flat = np.concatenate(indices).astype(np.int32, copy=False) if indices else np.zeros(0, np.int32)
     selected = _selection(cfg, out["post_id"], n_tags)
@@ -158,7 +162,7 @@ def read_posts_sorted(cfg: ScoreConfig, vocab: list[str]) -> dict[str, np.ndarra
         order = np.argsort(out["post_id"], kind="stable")
         out = {c: v[order] for c, v in out.items()}
         selected = selected[order]
-        indptr, flat = _sub_csr(indptr, flat, order)
+        indptr, flat = take_rows(indptr, flat, order)
     out["selected"] = selected
     out["indptr"], out["indices"] = indptr, flat
     return out
@@ -198,44 +202,7 @@ def read_post_ids_file(path: str) -> np.ndarray:
         raise InputError(f"--post-ids-file {path}: {bad!r} is not a post id (one integer per line)") from None
 
 
-def _own_tag_csr(tags: pa.Array, vocab: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """list<string> -> CSR (indptr int64 (n+1,), indices int32) over the model's vocabulary."""
-    lens = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-    value_set = vocab if isinstance(vocab, pa.Array) else pa.array(vocab, pa.string())
-    idx = pc.index_in(pc.list_flatten(tags), value_set=value_set)
-    known = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-    row = np.repeat(np.arange(len(lens)), lens)[known]
-    indices = pc.drop_null(idx).to_numpy(zero_copy_only=False).astype(np.int32)
-    indptr = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(np.bincount(row, minlength=len(lens)), out=indptr[1:])
-    return indptr, indices
-
-
 # --------------------------------------------------------------------------- task
-
-
-_STORES: dict[str, Any] = {}  # store path -> read-only Store, opened once per worker process
-
-
-def gather_features(store_path: str, user_ids: np.ndarray, item_ids: np.ndarray,
-                    views: dict[str, str]) -> dict[str, np.ndarray]:
-    """Feature part of a batch, the contract of `jobs.features.gather`: f (n, dim) float32,
-    has_f (n,) bool, zero vectors and has_f False where the store has none.
-
-    Unlike `gather` it opens the store once per worker process and reads each shard's ids
-    as they come (no per-batch unique). Tested equal to `jobs.features.gather`.
-    """
-    from featurestore import Store
-    from jobs.features import KEYED_BY, read_vectors
-
-    if store_path not in _STORES:
-        _STORES[store_path] = Store.open(store_path, create=False, readonly=True)
-    store = _STORES[store_path]
-    batch: dict[str, np.ndarray] = {}
-    for f, view in views.items():
-        ids = item_ids if KEYED_BY[f] == "item" else user_ids
-        batch[f], batch[f"has_{f}"] = read_vectors(store.reader(view), ids)
-    return batch
 
 
 @dataclasses.dataclass
@@ -246,9 +213,8 @@ class ScoreContext:
     tag_matrix: np.ndarray  # (T, D) float32
     user_index: IdIndex  # user id -> row of the model's user factors (-1: unseen)
     item_index: IdIndex
-    views: dict[str, str]
+    features: FeatureReader  # the model's views in the store (opened once per task's process)
     uses_item: bool
-    store_path: str
     k: int
     kernel: str
     batch_size: int
@@ -266,7 +232,7 @@ def score_posts(ctx: ScoreContext, user_ids: np.ndarray, item_ids: np.ndarray,
     for s in range(0, n, ctx.batch_size):
         e = min(s + ctx.batch_size, n)
         t0 = time.perf_counter()
-        batch = gather_features(ctx.store_path, user_ids[s:e], item_ids[s:e], ctx.views)
+        batch, _ = ctx.features.read(user_ids[s:e], item_ids[s:e])
         t1 = time.perf_counter()
         batch["user_index"] = ctx.user_index(user_ids[s:e])
         batch["item_index"] = ctx.item_index(item_ids[s:e])
@@ -285,7 +251,7 @@ def score_posts(ctx: ScoreContext, user_ids: np.ndarray, item_ids: np.ndarray,
 
 def _flags(batch: dict[str, np.ndarray], ctx: ScoreContext) -> np.ndarray:
     flags = np.zeros(len(batch["user_index"]), np.uint8)
-    for f in ctx.views:
+    for f in ctx.features.views:
         flags |= np.where(batch[f"has_{f}"], 0, FEATURE_FLAG[f]).astype(np.uint8)
     flags |= np.where(batch["user_index"] < 0, FLAG_UNSEEN_USER, 0).astype(np.uint8)
     if ctx.uses_item:
@@ -458,8 +424,8 @@ def plan(cfg: ScoreConfig) -> Plan:
     out_dir = Path(cfg.out) / "topk" / model_dir.name
     prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,
                               "producer": producer})
-    ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")), views,
-                       uses_item_factor(model), str(store_path), cfg.k, cfg.kernel, cfg.batch_size)
+    ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")),
+                       FeatureReader(store_path, views), uses_item_factor(model), cfg.k, cfg.kernel, cfg.batch_size)
     return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts)
 
 
@@ -509,7 +475,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             rows = np.flatnonzero(sh.todo) + sh.start
             ip = ix = None
             if cfg.exclude_own_tags:
-                ip, ix = _sub_csr(posts["indptr"], posts["indices"], rows)
+                ip, ix = take_rows(posts["indptr"], posts["indices"], rows)
             drain(cfg.max_in_flight - 1)
             pending[submit(sh.index, posts["post_id"][rows], posts["user_id"][rows], posts["item_id"][rows],
                            ip, ix)] = sh
@@ -554,15 +520,6 @@ def _summary(cfg: ScoreConfig, wr: _ShardWriter, name: str, mid: str, view: str,
              scored, st["skipped_posts"], wall, summary["posts_per_s"], summary["fallback_posts"],
              summary["time_s"])
     return summary
-
-
-def _sub_csr(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of the given rows (sorted), re-based to start at 0."""
-    lens = indptr[rows + 1] - indptr[rows]
-    sub_ptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lens, out=sub_ptr[1:])
-    take = np.repeat(indptr[rows] - sub_ptr[:-1], lens) + np.arange(sub_ptr[-1])
-    return sub_ptr, indices[take]
 
 
 class _ShardWriter:

@@ -51,9 +51,7 @@ import pyarrow.parquet as pq
 from jobs._cli import ArchiveArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs._synth_images import (
-    IC_DIM,
     MAX_TAGS,
-    OD_DIM,
     SHAPES,
     TEXTURES,
     ImageSpecs,
@@ -65,13 +63,13 @@ from jobs._synth_images import (
     synthetic_features,
 )
 from jobs.errors import JobError
+from models.views import IC_DIM, IC_VIEW, OD_DIM, OD_VIEW
 
 log = logging.getLogger("jobs")
 
 ROW_GROUP = 65_536          # posts per chunk and per Parquet row group
 CANDIDATES = 10             # tag draws per post before de-duplication (for up to 6 distinct)
 FORMAT_VERSION = 1
-IC_VIEW, OD_VIEW = "image/vgg16@1", "image/yolo@1"
 FEATURE_PRODUCER = {"model": "synthetic", "weights": "none"}
 
 _WORDS = (

@@ -80,6 +80,7 @@ def _kernel_worker(work: str, model_dir: str, k: int, part: int, parts: int, n_m
 
     from featurestore import Store
     from jobs import score as J
+    from jobs._score_plan import read_posts_sorted
     from models import scoring as S
     from models.csr import take_rows
     from models.recsys import load
@@ -89,7 +90,7 @@ def _kernel_worker(work: str, model_dir: str, k: int, part: int, parts: int, n_m
     torch.set_num_threads(1)  # as in a Ray worker with num_cpus=1
     model = load(model_dir)
     tm = np.ascontiguousarray(model.tag_matrix(), np.float32)
-    posts = J.read_posts_sorted(J.ScoreConfig(out=work), tag_vocabulary(model))  # as the job reads them
+    posts = read_posts_sorted(J.ScoreConfig(out=work), tag_vocabulary(model))  # as the job reads them
     rows = np.array_split(np.arange(min(n_max, len(posts["post_id"]))), parts)[part]
     uid, iid = posts["user_id"][rows], posts["item_id"][rows]
     indptr, indices = take_rows(posts["indptr"], posts["indices"], rows)  # --exclude-own-tags, as the job

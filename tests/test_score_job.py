@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurestore import Store, StoreError
+from jobs import _score_task as T
 from jobs import score as J
 from jobs.errors import InputError, JobError
 from models import scoring as S
@@ -99,8 +100,8 @@ def _brute_force(w: dict, model_dir: Path, k: int, exclude: bool) -> tuple[np.nd
     pv, tm = m.post_vectors(batch), m.tag_matrix()
     own = [[VOCAB.index(t) for t in w["tags"][i] if t in VOCAB] for i in order]
     ip, ix = csr_from_lists(own) if exclude else (None, None)
-    flags = ((~batch["has_ic"]) * J.FLAG_NO_IC | (~batch["has_od"]) * J.FLAG_NO_OD
-             | (~batch["has_sn"]) * J.FLAG_NO_USER_VECTOR | (batch["user_index"] < 0) * J.FLAG_UNSEEN_USER)
+    flags = ((~batch["has_ic"]) * T.FLAG_NO_IC | (~batch["has_od"]) * T.FLAG_NO_OD
+             | (~batch["has_sn"]) * T.FLAG_NO_USER_VECTOR | (batch["user_index"] < 0) * T.FLAG_UNSEEN_USER)
     return w["post_id"][order], S.topk_reference(pv, tm, k, ip, ix), flags.astype(np.uint8), (pv, tm, ip, ix)
 
 

@@ -89,7 +89,7 @@ GPU_SIZES = Sizes(gemm_n=8192, gemm_reps=20, vgg=224, yolo=448, agree_images=32,
                   topk_posts=1_000_000, topk_tags=2000, topk_dim=385, topk_k=10, topk_ref_rows=500,
                   bpr_users=100_000, bpr_items=100_000, bpr_tags=2000, bpr_dim=128, bpr_batch=1 << 18,
                   bpr_per_post=8, bpr_ref_batch=256)
-SMOKE_SIZES = Sizes(gemm_n=128, gemm_reps=2, vgg=32, yolo=32, agree_images=2, batches=(2,), main_batch=2,
+SMOKE_SIZES = Sizes(gemm_n=128, gemm_reps=2, vgg=32, yolo=32, agree_images=2, batches=(1, 2), main_batch=2,
                     reps=1, warmup=0, photos=3, photo_hw=(48, 64), timing_images=4,
                     topk_posts=160, topk_tags=300, topk_dim=33, topk_k=10, topk_ref_rows=40,
                     bpr_users=50, bpr_items=50, bpr_tags=40, bpr_dim=8, bpr_batch=64, bpr_per_post=4,

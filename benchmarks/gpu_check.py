@@ -259,4 +259,9 @@ def _on_timeout(ctx: Ctx, report: Callable[[], dict]) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Everything is written: skip the interpreter's teardown, where a C++ thread pool still
+    # running can abort the process (SIGABRT), replacing the exit code of a finished run.
+    os._exit(code)

@@ -29,11 +29,11 @@ ABSENT = ("ray", "lmdb", "faiss", "polars", "gensim", "csrgraph", "pydantic", "b
           "mypy", "platformdirs", "jobs", "featurestore")
 
 # Runs gpu_check.py with every finder on sys.meta_path wrapped so the ABSENT packages are not found
-# (as where they are not installed), and records which file asked for them.
+# (as where they are not installed), and logs which file asked for them (one JSON line each).
 RUNNER = r'''
-import atexit, json, os, runpy, sys
+import json, os, runpy, sys
 absent, root, log = set(json.loads(os.environ["ABSENT"])), os.environ["ROOT"], os.environ["ATTEMPTS"]
-attempts = []
+open(log, "w").close()
 
 class Absent:
     def __init__(self, inner):
@@ -43,7 +43,8 @@ class Absent:
             f = sys._getframe(1)
             while f is not None and ("importlib" in f.f_code.co_filename or f.f_code.co_filename.startswith("<")):
                 f = f.f_back
-            attempts.append([name, f.f_code.co_filename if f is not None else "?"])
+            with open(log, "a") as out:        # at once: the script ends with os._exit (no atexit)
+                out.write(json.dumps([name, f.f_code.co_filename if f is not None else "?"]) + "\n")
             return None
         find = getattr(self.inner, "find_spec", None)
         return find(name, path, target) if find else None
@@ -51,7 +52,6 @@ class Absent:
         return getattr(self.inner, attr)
 
 sys.meta_path[:] = [Absent(f) for f in sys.meta_path]
-atexit.register(lambda: open(log, "w").write(json.dumps(attempts)))
 sys.argv = [os.path.join(root, "benchmarks", "gpu_check.py"), *sys.argv[1:]]
 runpy.run_path(sys.argv[0], run_name="__main__")
 '''
@@ -67,7 +67,8 @@ def smoke(tmp_path_factory):
     t = time.monotonic()
     p = subprocess.run([sys.executable, "-c", RUNNER, "--out", str(d / "out"), "--cpu-smoke"], env=env,
                        cwd=d, capture_output=True, text=True, timeout=280)
-    return {"proc": p, "dir": d / "out", "attempts": json.loads((d / "attempts.json").read_text()),
+    attempts = [json.loads(line) for line in (d / "attempts.json").read_text().splitlines()]
+    return {"proc": p, "dir": d / "out", "attempts": attempts,
             "doc": json.loads((d / "out" / "gpu_check.json").read_text()) if p.returncode in (0, 1) else {},
             "wall_s": time.monotonic() - t}
 

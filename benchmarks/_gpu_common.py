@@ -85,8 +85,8 @@ class Sizes:
 
 GPU_SIZES = Sizes(gemm_n=8192, gemm_reps=20, vgg=224, yolo=448, agree_images=32,
                   batches=(16, 64, 128, 256, 512), main_batch=256, reps=10, warmup=2,
-                  photos=256, photo_hw=(480, 640), timing_images=1024,
-                  topk_posts=1_000_000, topk_tags=2000, topk_dim=385, topk_k=10, topk_ref_rows=500,
+                  photos=64, photo_hw=(480, 640), timing_images=1024,
+                  topk_posts=1_000_000, topk_tags=2000, topk_dim=385, topk_k=10, topk_ref_rows=200,
                   bpr_users=100_000, bpr_items=100_000, bpr_tags=2000, bpr_dim=128, bpr_batch=1 << 18,
                   bpr_per_post=8, bpr_ref_batch=256)
 SMOKE_SIZES = Sizes(gemm_n=128, gemm_reps=2, vgg=32, yolo=32, agree_images=2, batches=(1, 2), main_batch=2,
@@ -209,7 +209,7 @@ def photo(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     for _ in range(4):
         cy, cx, r = rng.uniform(0, h), rng.uniform(0, w), rng.uniform(0.1, 0.4) * min(h, w)
         img[(yy - cy) ** 2 + (xx - cx) ** 2 < r * r] = rng.uniform(0, 255, 3)
-    return np.clip(img + rng.normal(0, 8, img.shape), 0, 255).astype(np.uint8)
+    return np.clip(img + 8 * rng.standard_normal(img.shape, dtype=np.float32), 0, 255).astype(np.uint8)
 
 
 def encode(arr: np.ndarray, fmt: str = "JPEG", mode: str = "RGB", **kw: Any) -> bytes:

@@ -135,7 +135,8 @@ def bpr_social(name: str, vec: np.ndarray, y: np.ndarray, tr: np.ndarray, va: np
     import torch
 
     from models.recsys import get_model
-    from models.recsys.bpr import BPRConfig, BPRTrainer, PostData
+    from models.recsys.bpr import BPRConfig, BPRTrainer
+    from models.recsys.data import PostData
     from models.recsys.early_stopping import EarlyStopping
     from models.recsys.evaluate import evaluate
 

@@ -112,10 +112,12 @@ def folksonomy_split(tmp: Path, quick: bool, seed: int = 0) -> tuple[PostData, P
     import pyarrow.parquet as pq
 
     from jobs._synth_folksonomy import FolksonomyParams, edges_table, make_folksonomy, posts_table
+    from jobs._synth_world import tag_names
+    from jobs._train_data import _read, load_split
+    from jobs.posts import post_data
     from jobs.prepare import PrepareConfig
     from jobs.prepare import run as prepare
-    from jobs.synth import tag_names
-    from jobs.train import _posts, _read, load_split
+    from models.recsys.data import IdIndex
 
     p = FolksonomyParams(seed=seed) if not quick else FolksonomyParams(num_users=500, num_items=4000,
                                                                       num_tags=3000, num_posts=20_000, seed=seed)
@@ -125,7 +127,7 @@ def folksonomy_split(tmp: Path, quick: bool, seed: int = 0) -> tuple[PostData, P
     prepare(PrepareConfig(posts=str(tmp / "posts.parquet"), out=str(tmp), p_core=10, p_core_items=True,
                           test_per_user=1, seed=seed))
     d = load_split(tmp / "split")
-    test, _ = _posts(_read(tmp / "split", "test"), d.user_ids, d.item_ids, d.tags)
+    test, _ = post_data(_read(tmp / "split", "test"), IdIndex(d.user_ids), IdIndex(d.item_ids), d.tags)
     sizes = {"users": len(d.user_ids), "items": len(d.item_ids), "tags": len(d.tags)}
     return d.train, d.val, test, sizes
 

@@ -8,7 +8,9 @@ import torch
 
 from models.errors import ModelError
 from models.recsys import get_model
-from models.recsys.bpr import BPRConfig, BPRTrainer, PostData, bpr_step_fused
+from models.recsys.bpr import BPRConfig, BPRTrainer
+from models.recsys.bpr_step import bpr_step_fused
+from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
 from models.recsys.sgd import SGDConfig, SGDTrainer, algorithm1, draw_negatives, sgd_epoch
 

@@ -79,8 +79,8 @@ def test_friends_share_a_favourite_genre_more_than_strangers(folk):
 
 
 def test_tables_meet_the_data_contract(folk, tmp_path):
+    from jobs._synth_world import tag_names
     from jobs.contract import read_edges, read_posts
-    from jobs.synth import tag_names
 
     pq.write_table(posts_table(folk, tag_names(len(folk.tag_genre))), tmp_path / "posts.parquet")
     pq.write_table(edges_table(folk), tmp_path / "edges.parquet")

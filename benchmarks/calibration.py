@@ -44,13 +44,14 @@ def scored(model, data) -> tuple[np.ndarray, np.ndarray]:
 
 def train_sgd(name: str, train, val, seed: int):
     from models.recsys import get_model
+    from models.recsys.bpr import BPRConfig
     from models.recsys.early_stopping import EarlyStopping
     from models.recsys.evaluate import evaluate
-    from models.recsys.sgd import SGDConfig, SGDTrainer
+    from models.recsys.sgd import SGDTrainer
 
     m = get_model(name, n_users=int(train.user_index.max()) + 1, n_items=int(train.item_index.max()) + 1,
                   n_tags=train.n_tags, dim=64, seed=seed)
-    tr = SGDTrainer(m, train, SGDConfig(lr=0.05, reg=5e-5, seed=seed))
+    tr = SGDTrainer(m, train, BPRConfig(lr=0.05, reg=5e-5, seed=seed, kernel="sgd"))
     es, best = EarlyStopping(patience=10, max_epochs=300), None
     while not es.should_stop():
         tr.run_epoch(es.last_epoch)

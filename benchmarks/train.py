@@ -138,7 +138,7 @@ def sgd_section(quick: bool) -> tuple[list[tuple[str, float]], dict[str, float]]
 
     from models.recsys.bpr import sample_negatives
     from models.recsys.evaluate import evaluate
-    from models.recsys.sgd import SGDConfig, SGDTrainer, algorithm1
+    from models.recsys.sgd import SGDTrainer, algorithm1
 
     epochs, dim, lr, reg = (30, 64, 0.05, 5e-5) if quick else (100, 64, 0.05, 5e-5)
     with tempfile.TemporaryDirectory() as tmp:
@@ -163,7 +163,7 @@ def sgd_section(quick: bool) -> tuple[list[tuple[str, float]], dict[str, float]]
     rates = {"reference": epochs * len(post) / (time.perf_counter() - t0)}
     f1 = {"reference": evaluate(ref, test)["f1@5"]}
     for threads in (1, 2):
-        cfg = SGDConfig(lr=lr, reg=reg, seed=0, threads=threads)
+        cfg = BPRConfig(lr=lr, reg=reg, seed=0, kernel="sgd", threads=threads)
         SGDTrainer(fresh(), train.subset(np.arange(20)), cfg).run_epoch(0)  # compiles outside the clock
         m = fresh()
         tr = SGDTrainer(m, train, cfg)

@@ -38,15 +38,17 @@ from typing import Any
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for
 from jobs._progress import Progress
 from jobs._train_data import SplitData, attach_features, load_split
+from jobs._tune import search
 from jobs.errors import JobError
 from jobs.features import MissingViewError
 from models.errors import ModelError, NumericalError
 from models.recsys import ModelEntry, get_model, list_models, model_entry
 from models.recsys import io as recsys_io
-from models.recsys.bpr import LR_GRID, REG_GRID, BPRConfig
+from models.recsys.bpr import KERNELS, LR_GRID, REG_GRID, BPRConfig
 from models.recsys.bpr_step import MAX_ROW_SAMPLES
 from models.recsys.checkpoints import Checkpoints
-from models.recsys.evaluate import evaluate
+from models.recsys.early_stopping import EarlyStopping
+from models.recsys.evaluate import calibrate, evaluate
 from models.recsys.multilabel import TAG_REDUCTIONS, MultiLabelConfig
 from models.recsys.trainer import train_epochs
 
@@ -62,7 +64,10 @@ class TrainConfig(ArchiveArgs, RayArgs):
                            "that diverge are recorded as failed (summary 'failed'), both reported; exits 0 "
                            "when at least one model trained")
     split: str = arg("", "folder of {train,val}.parquet; empty: <out>/split")
-    epochs: int = arg(30, "training epochs (BPR: passes over the (post, tag) pairs)")
+    epochs: int = arg(300, "the most training epochs (BPR: passes over the (post, tag) pairs); with --patience "
+                           "training stops sooner, once validation F1@5 stops improving")
+    patience: int = arg(10, "early stopping: stop after this many epochs without a better validation F1@5 "
+                            "and keep the best epoch's weights (0: off, train exactly --epochs)")
     dim: int = arg(128, "factor dimension k of the factorization models")
     lr: float = arg(0.05, "BPR learning rate α (ignored with --tune)")
     reg: float = arg(1e-4, "BPR L2 strength λ (ignored with --tune)")
@@ -71,8 +76,14 @@ class TrainConfig(ArchiveArgs, RayArgs):
                                                 "in one step moves their mean gradient times this (keeps "
                                                 "the step of projections and tag rows bounded whatever "
                                                 "the batch size)")
-    tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5")
-    tune_epochs: int = arg(10, "epochs per grid point with --tune")
+    bpr_kernel: str = arg("auto", "BPR kernel: auto (per-sample numba SGD for PITF and FM on CPU with "
+                                  "--num-workers <= 1, the batched torch step for the others), sgd, torch",
+                          choices=list(KERNELS))
+    sgd_threads: int = arg(1, "per-sample SGD kernel: Hogwild threads (1: deterministic, bit-reproducible)")
+    tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5, each point "
+                            "trained with early stopping; a best point on the grid's edge widens the grid "
+                            "(logged, and in model.json)")
+    tune_epochs: int = arg(0, "the most epochs per grid point with --tune (0: --epochs)")
     lr_grid: list[float] = arg(list(LR_GRID), "learning rates tried by --tune")
     reg_grid: list[float] = arg(list(REG_GRID), "L2 strengths tried by --tune")
     num_workers: int = arg(0, "Ray workers (0: train in this process, no Ray); BPR and the multi-label nets")
@@ -83,12 +94,14 @@ class TrainConfig(ArchiveArgs, RayArgs):
     ml_lr: float = arg(0.01, "multi-label networks: SGD learning rate (paper: 0.01, momentum 0.9)")
     ml_batch_size: int = arg(450, "multi-label networks: batch size over all workers (paper: 450)")
     ml_momentum: float = arg(0.9, "multi-label networks: SGD momentum (paper: 0.9)")
-    ml_epochs: int = arg(0, "multi-label networks: epochs (0: --epochs)")
+    ml_epochs: int = arg(0, "multi-label networks: the most epochs (0: --epochs); --patience applies")
     ml_min_steps: int = arg(60, "multi-label networks: at least this many SGD steps in all; with few batches "
                                 "per epoch (small archives) the epochs are raised to reach it (0: off)")
     ml_tag_reduction: str = arg("sum", "multi-label networks: BCE summed over tags per post ('sum', the "
                                        "paper's lr works at any tag count) or averaged ('mean', torch's "
                                        "default: the gradient shrinks by 1/tags)", choices=list(TAG_REDUCTIONS))
+    calibrate: bool = arg(True, "fit each model's score -> probability map on the validation split and save "
+                                "it in model.json (jobs.score --min-precision and jobs.evaluate read it)")
     torch_threads: int = arg(0, "torch CPU threads in this process (0: torch's default; 1 is fastest for small dims)")
     fail_at: str = arg("", "fault injection for tests: 'EPOCH:RANK' makes that Ray worker exit once in that epoch")
 
@@ -98,7 +111,9 @@ class TrainConfig(ArchiveArgs, RayArgs):
 
 def bpr_config(cfg: TrainConfig) -> BPRConfig:
     """The BPR settings of the flags (`--tune` replaces lr and reg)."""
-    return BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed, cfg.max_row_samples)
+    kernel = cfg.bpr_kernel if cfg.num_workers <= 1 or cfg.bpr_kernel != "auto" else "torch"
+    return BPRConfig(cfg.lr, cfg.reg, cfg.batch_size, cfg.epochs, cfg.seed, cfg.max_row_samples, kernel,
+                     cfg.sgd_threads)
 
 
 def ml_config(cfg: TrainConfig, n_posts: int, epochs: int) -> MultiLabelConfig:
@@ -163,22 +178,37 @@ def _engine(entry: ModelEntry, model: Any, data: SplitData, opts: Any, cfg: Trai
     return trainer
 
 
+def _stopper(cfg: TrainConfig, epochs: int, history: list[dict]) -> EarlyStopping | None:
+    """Early stopping over at most `epochs`, replayed from a resumed run's history; None with --patience 0."""
+    if cfg.patience <= 0:
+        return None
+    es = EarlyStopping(patience=cfg.patience, max_epochs=epochs)
+    for h in history:
+        es.update(h["epoch"], h["val_f1@5"])
+    return es
+
+
 def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int, device: str,
-        ckpt: Checkpoints | None) -> tuple[Any, list[dict]]:
-    """Train one model (BPR: bpr.epochs epochs; multi-label: `train_opts`), resuming from ckpt
-    (weights and optimizer state); (model, per-epoch history)."""
+        ckpt: Checkpoints | None) -> tuple[Any, list[dict], EarlyStopping | None]:
+    """Train one model (BPR: bpr.epochs epochs at most; multi-label: `train_opts`), resuming from
+    ckpt (weights, optimizer state, the best epoch's weights); with --patience it stops once
+    validation F1@5 stops improving and ends with the best epoch's weights.
+    (model, per-epoch history, the early stopping state or None)."""
     entry = model_entry(name)
     # With Ray workers the driver only mirrors the model (checkpoints, validation): CPU is enough.
     model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 else device)
     entry.trainer.prepare(model, data.train)  # from all training posts, before workers copy the state
     opts = train_opts(name, data, cfg, bpr)
     start, history, optimizer = ckpt.restore(model) if (ckpt and cfg.resume) else (0, [], {})
+    es = _stopper(cfg, opts.epochs, history)
+    best = (ckpt.restore_best() if ckpt and start else None) or None
     marker = (ckpt.dir if ckpt else Path(cfg.out)) / "fault-fired"
     engine = _engine(entry, model, data, opts, cfg, marker, device, optimizer)
     unit = entry.trainer.unit
     progress = Progress(f"train {name}", total=(opts.epochs - start) * entry.trainer.work_units(data.train), unit=unit)
 
     def end_epoch(epoch: int, loss: float, n: int, seconds: float) -> None:
+        nonlocal best
         progress.update(n)  # ETA line at most every 5 s; the epoch line below always
         f1 = evaluate(model, data.val, ks=(5,))["f1@5"]
         rate = n / seconds
@@ -186,64 +216,85 @@ def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: in
                         "samples_per_s": round(rate, 1)})
         log.info("train %s: epoch %d/%d loss %.4f val F1@5 %.4f (%s %s/s)", model.name, epoch + 1,
                  opts.epochs, loss, f1, f"{rate:,.0f}", unit)
+        if es is not None and es.update(epoch + 1, round(f1, 6)):
+            best = {k: v.clone() for k, v in model.state_dict().items()}
+            if ckpt is not None:
+                ckpt.save_best(model)
         if ckpt is not None:
             ckpt.save(model, epoch + 1, history, engine.optimizer_state())
 
     try:
-        train_epochs(engine, model, opts.epochs, start, entry.trainer.describe(model, opts), entry.trainer.advice,
-                     end_epoch)
+        if es is None or not es.should_stop():
+            train_epochs(engine, model, opts.epochs, start, entry.trainer.describe(model, opts),
+                         entry.trainer.advice, end_epoch, stop=es.should_stop if es else None)
     finally:
         engine.close()
-    return model, history
+    if es is not None and best is not None:
+        log.info("train %s: %s", name, es.reason)
+        model.load_state_dict(best)
+    return model, history, es
 
 
 def tune(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int,
-         device: str) -> tuple[BPRConfig, list[dict]]:
-    """`bpr` with the best (lr, reg) of the grids by validation F1@5 after cfg.tune_epochs epochs each."""
-    results = []
-    for lr in cfg.lr_grid:
-        for reg in cfg.reg_grid:
-            try:
-                _, hist = fit(name, data, cfg, dataclasses.replace(bpr, lr=lr, reg=reg, epochs=cfg.tune_epochs),
-                              sn_dim, device, ckpt=None)
-                f1 = hist[-1]["val_f1@5"] if hist else 0.0
-            except ModelError as e:  # a diverging grid point is a result, not a failure
-                log.info("train %s: lr=%g reg=%g diverged (%s)", name, lr, reg, str(e).split(";")[0])
-                f1 = float("nan")
-            results.append({"lr": lr, "reg": reg, "val_f1@5": f1})
-            log.info("train %s: tune lr=%g reg=%g -> val F1@5 %.4f", name, lr, reg, f1)
-    ok = [r for r in results if r["val_f1@5"] == r["val_f1@5"]]
-    if not ok:
-        raise ModelError(f"{name}: every grid point diverged (lr {cfg.lr_grid}, reg {cfg.reg_grid}); lower the lr grid")
-    best = max(ok, key=lambda r: r["val_f1@5"])
-    return dataclasses.replace(bpr, lr=best["lr"], reg=best["reg"]), results
+         device: str) -> tuple[BPRConfig, dict[str, Any], Any, list[dict], EarlyStopping | None]:
+    """The best (lr, reg) by validation F1@5, each grid point trained with early stopping (at most
+    --tune-epochs), the grid widened where its best point sits on an edge (`jobs._tune.search`).
+    Returns the settings, the search's record, and the best point's model, history and stopper."""
+    kept: dict[str, Any] = {}
+
+    def score(lr: float, reg: float) -> float:
+        try:
+            model, hist, es = fit(name, data, cfg, dataclasses.replace(bpr, lr=lr, reg=reg,
+                                                                       epochs=cfg.tune_epochs or bpr.epochs),
+                                  sn_dim, device, ckpt=None)
+        except ModelError as e:  # a diverging grid point is a result, not a failure
+            log.info("train %s: lr=%g reg=%g diverged (%s)", name, lr, reg, str(e).split(";")[0])
+            return float("nan")
+        f1 = es.best if es is not None else (hist[-1]["val_f1@5"] if hist else 0.0)
+        log.info("train %s: tune lr=%g reg=%g -> val F1@5 %.4f (%d epochs)", name, lr, reg, f1, len(hist))
+        if f1 > kept.get("f1", -1.0):
+            kept.update(f1=f1, model=model, history=hist, es=es)
+        return f1
+
+    res = search(score, cfg.lr_grid, cfg.reg_grid)
+    record = {"points": res.points, "widened": res.widened, "still_on_edge": res.edge,
+              "best": {"lr": res.lr, "reg": res.reg, "val_f1@5": res.f1}}
+    return dataclasses.replace(bpr, lr=res.lr, reg=res.reg), record, kept["model"], kept["history"], kept["es"]
 
 
 def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict[str, Any]:
-    """Features, optional tuning, training with checkpoints, the saved model; its summary."""
+    """Features, optional tuning, training with checkpoints and early stopping, calibration, the
+    saved model; its summary."""
     entry = model_entry(name)
     views = attach_features(data, cfg.store_path(), entry.features, cache) if entry.features else {}
     sn_dim = int(views["sn"]["dim"]) if "sn" in views else 0
     device = _device(cfg)
-    bpr, grid = bpr_config(cfg), list[dict]()
-    if cfg.tune and entry.tunable:
-        bpr, grid = tune(name, data, cfg, bpr, sn_dim, device)
-    opts, extra = SETTINGS[entry.config](cfg, data, bpr)
-    # What a resumed run must share with the checkpoint (not the number of epochs).
-    same = {**{k: v for k, v in dataclasses.asdict(opts).items() if k != "epochs"},
-            **{k: getattr(cfg, k) for k in entry.size}}
-    fp = _fingerprint(name, same, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
-    ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
+    bpr, grid = bpr_config(cfg), dict[str, Any]()
     t0 = time.perf_counter()
-    model, history = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
+    if cfg.tune and entry.tunable:
+        bpr, grid, model, history, es = tune(name, data, cfg, bpr, sn_dim, device)
+    opts, extra = SETTINGS[entry.config](cfg, data, bpr)
+    if not grid:
+        # What a resumed run must share with the checkpoint (not the number of epochs).
+        same = {**{k: v for k, v in dataclasses.asdict(opts).items() if k != "epochs"},
+                **{k: getattr(cfg, k) for k in entry.size}, "patience": cfg.patience}
+        fp = _fingerprint(name, same, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
+        ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
+        model, history, es = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
-    training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid, **extra}
+    stopping = ({"patience": cfg.patience, "epochs_run": len(history), "best_epoch": es.best_epoch,
+                 "reason": es.reason} if es is not None else {"patience": 0, "epochs_run": len(history)})
+    training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid,
+                "early_stopping": stopping, "trainer": entry.trainer.describe(model, opts), **extra}
+    meta = {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids, "views": views,
+            "metrics": metrics, "training": training, "split": {"dir": str(_split_dir(cfg)), **data.dropped}}
+    if cfg.calibrate and len(data.val):
+        meta["calibration"] = calibrate(model, data.val).to_json()
     out_dir = Path(cfg.out) / "models" / name
-    recsys_io.save(model, out_dir, {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids,
-                                    "views": views, "metrics": metrics, "training": training,
-                                    "split": {"dir": str(_split_dir(cfg)), **data.dropped}})
-    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": opts.epochs, "lr": opts.lr,
+    recsys_io.save(model, out_dir, meta)
+    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": len(history),
+            "best_epoch": es.best_epoch if es is not None else len(history), "lr": opts.lr,
             "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
 
 
@@ -275,12 +326,19 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise JobError(f"--num-workers must be >= 0, got {cfg.num_workers}")
     if cfg.max_row_samples < 1:
         raise JobError(f"--max-row-samples must be >= 1, got {cfg.max_row_samples}")
+    if cfg.patience < 0 or cfg.sgd_threads < 1 or cfg.tune_epochs < 0:
+        raise JobError(f"--patience ({cfg.patience}) and --tune-epochs ({cfg.tune_epochs}) must be >= 0, "
+                       f"--sgd-threads ({cfg.sgd_threads}) >= 1")
     _check_ml_flags(cfg)
     if cfg.torch_threads > 0:
         import torch
 
         torch.set_num_threads(cfg.torch_threads)
     data = load_split(_split_dir(cfg))
+    if cfg.patience > 0 and len(data.val) == 0:
+        raise JobError(f"early stopping (--patience {cfg.patience}) needs validation posts and "
+                       f"{_split_dir(cfg)}/val.parquet has none; run jobs.prepare with --val-per-user 1, "
+                       "or train a fixed number of epochs with --patience 0 --epochs N")
     log.info("train: %d train posts, %d val posts, %d users, %d tags", len(data.train), len(data.val),
              len(data.user_ids), len(data.tags))
     models: dict[str, Any] = {}

@@ -107,7 +107,7 @@ def test_two_ray_workers_match_one_worker(tmp_path, ray_local):
     f1, models = {}, {}
     for workers in (0, 2):
         c = cfg(tmp_path / f"w{workers}", num_workers=workers, hidden=64)
-        models[workers], hist = jt.fit("social-multilabel", data, c, _bpr(20), SN_DIM, "cpu", ckpt=None)
+        models[workers], hist, _ = jt.fit("social-multilabel", data, c, _bpr(20), SN_DIM, "cpu", ckpt=None)
         f1[workers] = hist[-1]["val_f1@5"]
         print(f"social-multilabel val F1@5, {workers} Ray worker(s) (0: in-process): {f1[workers]:.4f}")
     mp = _most_popular_f1(data)
@@ -144,7 +144,7 @@ def test_two_workers_resume_and_restart_bit_for_bit(tmp_path, ray_local):
     ckpt = Checkpoints(tmp_path / "b" / "ckpt", "fp", data.tags.tolist())
     jt.fit("visual-multilabel", data, cfg(tmp_path / "b", **c), _bpr(2), 0, "cpu", ckpt)
     assert (ckpt.dir / "epoch-0002" / "optimizer.safetensors").is_file()
-    got, hist = jt.fit("visual-multilabel", data, cfg(tmp_path / "b", fail_at="2:1", **c), _bpr(4), 0, "cpu", ckpt)
+    got, hist, _ = jt.fit("visual-multilabel", data, cfg(tmp_path / "b", fail_at="2:1", **c), _bpr(4), 0, "cpu", ckpt)
     assert (ckpt.dir / "fault-fired").exists()
     assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
     _assert_same(ref, got)
@@ -180,26 +180,26 @@ def test_resumed_job_equals_uninterrupted_and_needs_the_momentum(tmp_path, recsy
 
 
 def test_paper_settings_learn_on_a_small_archive(small, tmp_path, caplog):
-    """The job's defaults (SGD lr 0.01, momentum 0.9, dropout 0.5, batch 450, hidden 512, 30
-    epochs raised to >= 60 steps): social beats most-popular and visual, with per-epoch lines."""
+    """The job's defaults (SGD lr 0.01, momentum 0.9, dropout 0.5, batch 450, hidden 512, early
+    stopping on validation F1@5): social beats most-popular and visual, with per-epoch lines."""
     caplog.set_level(logging.INFO, logger="jobs")
     defaults = jt.TrainConfig(out=str(tmp_path))
     assert (defaults.ml_lr, defaults.ml_momentum, defaults.ml_batch_size, defaults.hidden) == (0.01, 0.9, 450, 512)
     f1 = {}
     for name in ("social-multilabel", "visual-multilabel"):
-        _, hist = jt.fit(name, small, defaults, _bpr(defaults.epochs), SN_DIM, "cpu", ckpt=None)
-        f1[name] = hist[-1]["val_f1@5"]
+        _, hist, es = jt.fit(name, small, defaults, _bpr(defaults.epochs), SN_DIM, "cpu", ckpt=None)
+        f1[name] = es.best  # the kept epoch's
     # torch's default loss (mean over tags too) at the same lr: each tag's gradient / T
-    _, hist = jt.fit("social-multilabel", small, jt.TrainConfig(out=str(tmp_path), ml_tag_reduction="mean"),
-                     _bpr(defaults.epochs), SN_DIM, "cpu", ckpt=None)
-    f1["social-multilabel, tag mean"] = hist[-1]["val_f1@5"]
+    _, hist, es = jt.fit("social-multilabel", small, jt.TrainConfig(out=str(tmp_path), ml_tag_reduction="mean"),
+                         _bpr(defaults.epochs), SN_DIM, "cpu", ckpt=None)
+    f1["social-multilabel, tag mean"] = es.best
     mp = _most_popular_f1(small)
     print({**f1, "most-popular": round(mp, 4), "epochs": len(hist)})
-    assert len(hist) == 30  # 2 steps per epoch: 30 epochs give the 60 steps
+    assert len(hist) < defaults.epochs  # early stopping ended it
     assert f1["social-multilabel"] > mp + 0.15, (f1, mp)
     assert f1["social-multilabel"] >= f1["visual-multilabel"] + 0.05, f1  # the user vectors carry the style
     assert f1["social-multilabel"] > f1["social-multilabel, tag mean"] + 0.1, f1  # undertrained
-    assert "train social-multilabel: epoch 1/30 loss" in caplog.text and "val F1@5" in caplog.text
+    assert f"train social-multilabel: epoch 1/{defaults.epochs} loss" in caplog.text and "val F1@5" in caplog.text
 
 
 def test_min_steps_raises_the_epochs_of_a_tiny_archive(tmp_path):

@@ -12,7 +12,7 @@ from models.recsys.bpr import BPRConfig, BPRTrainer
 from models.recsys.bpr_step import bpr_step_fused
 from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
-from models.recsys.sgd import SGDConfig, SGDTrainer, algorithm1, draw_negatives, sgd_epoch
+from models.recsys.sgd import SGDTrainer, algorithm1, draw_negatives, sgd_epoch
 
 
 def _random_case(family: str, seed: int):
@@ -120,7 +120,7 @@ def test_trainer_learns_users_and_items(name):
     tr, te, nu, ni, nt = _folksonomy(0)
     m = get_model(name, n_users=nu, n_items=ni, n_tags=nt, dim=16, seed=0)
     before = evaluate(m, te)["f1@5"]
-    trainer = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=0))
+    trainer = SGDTrainer(m, tr, BPRConfig(kernel="sgd", lr=0.05, reg=1e-4, seed=0))
     losses = [trainer.run_epoch(e)[0] for e in range(30)]
     after = evaluate(m, te)["f1@5"]
     # 3 true tags, 5 guesses: a perfect list reaches F1@5 = 0.75; random is ~0.1
@@ -133,7 +133,7 @@ def test_hogwild_reaches_the_quality_of_one_thread():
     f1 = {}
     for threads in (1, 2):
         m = get_model("PITF", n_users=nu, n_items=ni, n_tags=nt, dim=16, seed=0)
-        trainer = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=0, threads=threads))
+        trainer = SGDTrainer(m, tr, BPRConfig(kernel="sgd", lr=0.05, reg=1e-4, seed=0, threads=threads))
         for e in range(30):
             trainer.run_epoch(e)
         trainer.close()
@@ -147,7 +147,7 @@ def test_one_thread_is_deterministic_and_matches_a_batch_one_torch_run(torch_one
     runs = []
     for _ in range(2):
         m = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
-        t = SGDTrainer(m, tr, SGDConfig(lr=0.05, reg=1e-4, seed=4))
+        t = SGDTrainer(m, tr, BPRConfig(kernel="sgd", lr=0.05, reg=1e-4, seed=4))
         for e in range(3):
             t.run_epoch(e)
         runs.append(m.tag_matrix())
@@ -155,7 +155,7 @@ def test_one_thread_is_deterministic_and_matches_a_batch_one_torch_run(torch_one
     m = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
     bt = BPRTrainer(m, tr, BPRConfig(lr=0.05, reg=1e-4, batch_size=1, seed=4), total_pairs=len(tr.pairs()[0]))
     m2 = get_model("FM", n_users=nu, n_items=ni, n_tags=nt, dim=8, seed=1)
-    st = SGDTrainer(m2, tr, SGDConfig(lr=0.05, reg=1e-4, seed=4))
+    st = SGDTrainer(m2, tr, BPRConfig(kernel="sgd", lr=0.05, reg=1e-4, seed=4))
     for e in range(3):
         bt.run_epoch(e)
         st.run_epoch(e)
@@ -166,8 +166,25 @@ def test_one_thread_is_deterministic_and_matches_a_batch_one_torch_run(torch_one
 def test_content_and_social_models_are_refused(name):
     m = get_model(name, n_users=3, n_items=3, n_tags=4, dim=4, sn_dim=4)
     d = PostData.from_lists(np.zeros(1), np.zeros(1), [np.array([1])], 4)
-    with pytest.raises(ModelError, match="torch trainer"):
-        SGDTrainer(m, d, SGDConfig())
+    with pytest.raises(ModelError, match="--bpr-kernel torch"):
+        SGDTrainer(m, d, BPRConfig(kernel="sgd"))
+    with pytest.raises(ModelError, match="--bpr-kernel torch"):
+        BPRTrainer.for_partition(m, d, BPRConfig(kernel="sgd"))
+    assert type(BPRTrainer.for_partition(m, d, BPRConfig(kernel="auto"))) is BPRTrainer
+
+
+def test_auto_kernel_picks_per_sample_sgd_for_pitf_and_fm_in_one_process():
+    from models.recsys.trainer import Partition
+
+    d = PostData.from_lists(np.zeros(1), np.zeros(1), [np.array([1])], 4)
+    for name in ("PITF", "FM"):
+        m = get_model(name, n_users=3, n_items=3, n_tags=4, dim=4)
+        assert type(BPRTrainer.for_partition(m, d, BPRConfig(kernel="auto"))) is SGDTrainer
+        assert type(BPRTrainer.for_partition(m, d, BPRConfig(kernel="torch"))) is BPRTrainer
+        two = Partition(rank=0, world=2, sync=object(), total=1)
+        assert type(BPRTrainer.for_partition(m, d, BPRConfig(kernel="auto"), two)) is BPRTrainer
+    with pytest.raises(ModelError, match="unknown BPR kernel 'numba'; valid"):
+        BPRTrainer.for_partition(m, d, BPRConfig(kernel="numba"))
 
 
 def test_unknown_family_and_bad_tables_are_refused():

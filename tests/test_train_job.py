@@ -61,7 +61,7 @@ def write_archive(out, seed=0, with_store=True, n_users=160, test_per_user=1):
 
 
 def cfg(tmp_path, **kw) -> jt.TrainConfig:
-    base = dict(out=str(tmp_path), dim=16, epochs=6, batch_size=128, lr=0.05, reg=1e-4)
+    base = dict(out=str(tmp_path), dim=16, epochs=6, batch_size=128, lr=0.05, reg=1e-4, patience=0)
     return jt.TrainConfig(**{**base, **kw})
 
 
@@ -118,7 +118,7 @@ def test_two_ray_workers_match_one_worker(tmp_path, ray_local, recsys_split):
     f1 = {}
     for workers in (0, 2):
         c = cfg(tmp_path / f"w{workers}", num_workers=workers)
-        model, hist = jt.fit("PITF-IC-OD", data, c, bpr, 0, "cpu", ckpt=None)
+        model, hist, _ = jt.fit("PITF-IC-OD", data, c, bpr, 0, "cpu", ckpt=None)
         f1[workers] = hist[-1]["val_f1@5"]
         print(f"PITF-IC-OD val F1@5 with {workers or 1} worker(s) ({workers} Ray): {f1[workers]:.4f}")
     assert f1[0] > 0.5
@@ -130,9 +130,9 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path, ray_local, recsys_split
     recsys_split(tmp_path, with_store=False)
     data = jt.load_split(tmp_path / "split")
     bpr = jt.BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=3, seed=0)
-    ref, _ = jt.fit("PITF", data, cfg(tmp_path), bpr, 0, "cpu", ckpt=None)
+    ref, _, _ = jt.fit("PITF", data, cfg(tmp_path), bpr, 0, "cpu", ckpt=None)
     c = cfg(tmp_path, num_workers=1, fail_at="1:0")  # the worker dies hard in epoch 2
-    got, hist = jt.fit("PITF", data, c, bpr, 0, "cpu", ckpt=None)
+    got, hist, _ = jt.fit("PITF", data, c, bpr, 0, "cpu", ckpt=None)
     assert (tmp_path / "fault-fired").exists()
     assert [h["epoch"] for h in hist] == [1, 2, 3]
     for k, v in ref.state_dict().items():  # one Ray worker = the in-process trainer, bit for bit
@@ -176,9 +176,12 @@ def test_tune_picks_from_the_grid(tmp_path, recsys_split):
     recsys_split(tmp_path, with_store=False)
     out = jt.run(cfg(tmp_path, model="FM", tune=True, tune_epochs=2, epochs=2, lr_grid=[0.001, 0.1],
                      reg_grid=[1e-4]))
-    meta = load(tmp_path / "models" / "FM").meta
-    assert len(meta["training"]["tuning"]) == 2
-    assert out["models"]["FM"]["lr"] == max(meta["training"]["tuning"], key=lambda r: r["val_f1@5"])["lr"]
+    tuning = load(tmp_path / "models" / "FM").meta["training"]["tuning"]
+    ok = [p for p in tuning["points"] if p["val_f1@5"] == p["val_f1@5"]]
+    assert len(tuning["points"]) >= 2
+    assert out["models"]["FM"]["lr"] == max(ok, key=lambda r: r["val_f1@5"])["lr"] == tuning["best"]["lr"]
+    # a best lr or reg on the edge of a grid widens it, and says so
+    assert tuning["widened"] and all("widening the grid to" in w for w in tuning["widened"])
 
 
 def test_killed_worker_of_two_restarts_both_and_matches_an_uninterrupted_run(tmp_path, ray_local, recsys_split):
@@ -186,8 +189,8 @@ def test_killed_worker_of_two_restarts_both_and_matches_an_uninterrupted_run(tmp
     recsys_split(tmp_path, with_store=False)
     data = jt.load_split(tmp_path / "split")
     bpr = jt.BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=3, seed=0)
-    ref, _ = jt.fit("FM", data, cfg(tmp_path / "a", num_workers=2), bpr, 0, "cpu", ckpt=None)
-    got, hist = jt.fit("FM", data, cfg(tmp_path / "b", num_workers=2, fail_at="1:1"), bpr, 0, "cpu", ckpt=None)
+    ref, _, _ = jt.fit("FM", data, cfg(tmp_path / "a", num_workers=2), bpr, 0, "cpu", ckpt=None)
+    got, hist, _ = jt.fit("FM", data, cfg(tmp_path / "b", num_workers=2, fail_at="1:1"), bpr, 0, "cpu", ckpt=None)
     assert (tmp_path / "b" / "fault-fired").exists() and len(hist) == 3
     for k, v in ref.state_dict().items():  # gloo's two-way sum is order-free: bit for bit again
         torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0)
@@ -230,8 +233,8 @@ def test_collinear_relu_features_with_one_batch_per_epoch_stay_finite_and_learn(
     out = jt.run(jt.TrainConfig(out=str(tmp_path), model="PITF-IC-OD", batch_size=4096))
     m = load(tmp_path / "models" / "PITF-IC-OD")
     hist = m.meta["metrics"]["history"]
-    assert len(hist) == defaults.epochs and all(np.isfinite(h["loss"]) for h in hist)
-    assert hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    assert len(hist) < defaults.epochs and all(np.isfinite(h["loss"]) for h in hist)  # stopped early
+    assert min(h["loss"] for h in hist) < 0.5 * hist[0]["loss"]
     mp = _most_popular_f1(data)
     assert out["models"]["PITF-IC-OD"]["val_f1@5"] > mp + 0.15, (out["models"], mp)
     # The centre was fitted on the training posts, saved, and is what scoring subtracts.
@@ -275,3 +278,64 @@ def test_single_diverging_model_exits_2_with_one_line(tmp_path, capsys, recsys_s
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
     assert err.startswith("error: train: FM: training diverged") and "lr=1e+30" in err
+
+
+# --------------------------------------------------------------------------- early stopping, calibration
+
+
+def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    out = jt.run(cfg(tmp_path, model="PITF", epochs=200, patience=3, lr=0.2))
+    m = load(tmp_path / "models" / "PITF")
+    hist, stop = m.meta["metrics"]["history"], m.meta["training"]["early_stopping"]
+    best = max(range(len(hist)), key=lambda i: (hist[i]["val_f1@5"], -i))
+    assert len(hist) < 200 and len(hist) == best + 1 + 3 == stop["epochs_run"]   # 3 epochs of patience
+    assert stop["best_epoch"] == best + 1 and "best epoch" in stop["reason"]
+    # the saved weights are the best epoch's, not the last one's
+    assert out["models"]["PITF"]["val_f1@5"] == pytest.approx(hist[best]["val_f1@5"], abs=1e-6)
+    assert m.meta["training"]["trainer"]["kernel"] == "per-sample SGD"  # PITF on CPU: the numba kernel
+
+
+def test_early_stopped_run_resumed_equals_an_uninterrupted_one(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    kw = dict(model="FM", patience=3, lr=0.2)
+    jt.run(cfg(tmp_path, epochs=4, **kw))      # "killed" after epoch 4 (best weights kept in the checkpoint)
+    jt.run(cfg(tmp_path, epochs=200, **kw))    # resumes: the stopper replays the history
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "split").symlink_to(tmp_path / "split")
+    jt.run(cfg(fresh, epochs=200, **kw))
+    a, b = load(tmp_path / "models" / "FM"), load(fresh / "models" / "FM")
+    assert a.meta["training"]["early_stopping"] == b.meta["training"]["early_stopping"]
+    for k, v in b.state_dict().items():
+        torch.testing.assert_close(a.state_dict()[k], v, rtol=0, atol=0)
+
+
+def test_early_stopping_without_validation_posts_is_a_user_error(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    val = pq.read_table(tmp_path / "split" / "val.parquet")
+    pq.write_table(val.slice(0, 0), tmp_path / "split" / "val.parquet")
+    with pytest.raises(JobError, match=r"early stopping \(--patience 10\) needs validation posts.*--patience 0"):
+        jt.run(cfg(tmp_path, model="PITF", patience=10))
+    assert jt.run(cfg(tmp_path, model="PITF", epochs=1))["models"]["PITF"]["epochs"] == 1  # --patience 0
+
+
+def test_saved_calibration_maps_scores_to_probabilities(tmp_path, recsys_split):
+    from models.calibration import Calibrator
+
+    recsys_split(tmp_path, with_store=False)
+    jt.run(cfg(tmp_path, model="FM", epochs=10))
+    m = load(tmp_path / "models" / "FM")
+    cal = Calibrator.from_json(m.meta["calibration"])
+    assert cal.n_posts == len(jt.load_split(tmp_path / "split").val)
+    p = cal.predict(np.array([[5.0, 1.0, -3.0], [0.0, -1.0, -2.0]]))
+    assert np.all(np.diff(p, axis=1) <= 0) and 0 <= p.min() and p.max() <= 1 and p[0, 0] >= p[1, 0]
+    jt.run(cfg(tmp_path / "nocal", split=str(tmp_path / "split"), model="FM", epochs=1, calibrate=False))
+    assert "calibration" not in load(tmp_path / "nocal" / "models" / "FM").meta
+
+
+def test_bad_stopping_flags_are_user_errors(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    for kw in ({"patience": -1}, {"sgd_threads": 0}, {"tune_epochs": -2}):
+        with pytest.raises(JobError, match="--patience .* --tune-epochs .* --sgd-threads"):
+            jt.run(cfg(tmp_path, model="PITF", **kw))

@@ -53,6 +53,27 @@ class BPRConfig:
     epochs: int = 20
     seed: int = 0
     max_row_samples: int = MAX_ROW_SAMPLES  # C: a row's step is at most C samples' worth
+    kernel: str = "torch"  # "torch": the batched step; "sgd": per-sample numba SGD (`sgd.py`); "auto": see `use_sgd`
+    threads: int = 1       # per-sample SGD: Hogwild threads (1: deterministic)
+
+
+KERNELS = ("auto", "sgd", "torch")
+
+
+def use_sgd(model: Any, cfg: BPRConfig, world: int) -> bool:
+    """Whether `BPRTrainer.for_partition` hands `model` to the per-sample SGD trainer.
+
+    "auto": for PITF and FM without content or +SN, on CPU, in one process (the per-sample
+    kernel trains at Algorithm 1's rate and has nothing to synchronise across workers); the
+    batched torch step for the content and social models, on GPUs and over several workers.
+    """
+    from models.recsys.sgd import supports
+
+    if cfg.kernel not in KERNELS:
+        raise ModelError(f"unknown BPR kernel {cfg.kernel!r}; valid: {list(KERNELS)}")
+    if cfg.kernel == "sgd":
+        return True
+    return cfg.kernel == "auto" and supports(model) and str(model.device) == "cpu" and world == 1
 
 
 # --------------------------------------------------------------------------- sampling
@@ -114,6 +135,10 @@ class BPRTrainer(Trainer):
     @classmethod
     def for_partition(cls, model: Any, data: PostData, cfg: Any, part: Partition | None = None) -> BPRTrainer:
         part = part or Partition()
+        if use_sgd(model, cfg, part.world):
+            from models.recsys.sgd import SGDTrainer
+
+            return SGDTrainer(model, data, cfg, part.rank, part.world)
         total = cls.work_units(data) if part.total is None else part.total
         return cls(model, data, cfg, total, part.rank, part.world, part.sync, part.shared)
 
@@ -139,7 +164,10 @@ class BPRTrainer(Trainer):
 
     @classmethod
     def describe(cls, model: Any, cfg: Any) -> dict[str, Any]:
-        return {"lr": cfg.lr, "reg": cfg.reg, "batch_size": cfg.batch_size, "dim": getattr(model, "dim", None)}
+        if use_sgd(model, cfg, 1):
+            return {"lr": cfg.lr, "reg": cfg.reg, "kernel": "per-sample SGD", "dim": getattr(model, "dim", None)}
+        return {"lr": cfg.lr, "reg": cfg.reg, "batch_size": cfg.batch_size, "dim": getattr(model, "dim", None),
+                "kernel": "torch"}
 
     def owned_state(self) -> dict[str, Any]:
         """Rows this partition owns (its users, its unshared items) and, on rank 0, the shared tensors."""

@@ -3,6 +3,8 @@
     <dir>/epoch-NNNN/         the model after epoch NNNN (`models.recsys.save`), plus
                               optimizer.safetensors when the optimizer has state (momentum)
     <dir>/latest.json         {"epoch", "dir", "fingerprint", "history"}
+    <dir>/best/               the model after the best epoch so far by validation F1@5
+                              (early stopping keeps it; `save_best` / `restore_best`)
 
 Both are written atomically and the older epochs removed after. A checkpoint is resumed only
 when its fingerprint (the caller's digest of every setting a resumed run must share) matches.
@@ -55,6 +57,23 @@ class Checkpoints:
             if old.name != name:
                 shutil.rmtree(old, ignore_errors=True)
 
+    def save_best(self, model: Any) -> None:
+        """The weights of the best epoch so far (replaced atomically: a killed job keeps the last one)."""
+        tmp = self.dir / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        recsys_io.save(model, tmp, {"tags": self.tags})
+        shutil.rmtree(self.dir / "best", ignore_errors=True)
+        os.replace(tmp, self.dir / "best")
+
+    def restore_best(self) -> dict[str, Any] | None:
+        """The best epoch's state_dict when this checkpoint (same fingerprint) kept one, else None."""
+        path = self.dir / "latest.json"
+        if not (self.dir / "best").is_dir() or not path.is_file():
+            return None
+        if json.loads(path.read_text()).get("fingerprint") != self.fingerprint:
+            return None
+        return recsys_io.load(self.dir / "best").state_dict()
+
     def restore(self, model: Any) -> tuple[int, list[dict], dict[str, Any]]:
         """(epochs done, history, optimizer state) after loading the latest weights into model;
         (0, [], {}) if none fits."""
@@ -62,10 +81,12 @@ class Checkpoints:
 
         path = self.dir / "latest.json"
         if not path.is_file():
+            shutil.rmtree(self.dir / "best", ignore_errors=True)
             return 0, [], {}
         doc = json.loads(path.read_text())
         if doc.get("fingerprint") != self.fingerprint:
             log.info("train: checkpoint in %s was written with other settings; starting over", self.dir)
+            shutil.rmtree(self.dir / "best", ignore_errors=True)
             return 0, [], {}
         saved = recsys_io.load(self.dir / doc["dir"])
         model.load_state_dict(saved.state_dict())

@@ -21,7 +21,8 @@ step rule's cap never binds), so the torch trainer and this one learn the same m
   `algorithm1`'s updates in `algorithm1`'s order; several run Hogwild (Niu et al. 2011: no
   locks on the shared tag rows, as word2vec does), which is not deterministic.
 - `SGDTrainer` runs epochs over `model.params` in place (CPU float32 tensors shared with
-  numpy), with `BPRTrainer`'s interface: `run_epoch(epoch) -> (summed loss, samples)`.
+  numpy) behind the `Trainer` interface; `BPRTrainer.for_partition` picks it for PITF and FM
+  on CPU in one process (`BPRConfig.kernel`: "auto" or "sgd").
 
 Negatives: t- of the sample at position s of an epoch's order is drawn from a splitmix64
 stream keyed by (seed, epoch, s), redrawn while it is one of the post's tags, so it does
@@ -34,27 +35,18 @@ import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from typing import Any
 
 import numba
 import numpy as np
 
 from models.errors import ModelError
 from models.node2vec.walks import _next, _walk_seed
+from models.recsys.bpr import BPRTrainer
+from models.recsys.data import PostData
 
 FAMILIES = ("PITF", "FM")
 MAX_REDRAWS = 1000  # t- redraws before a post is declared to carry (nearly) every tag
-
-
-@dataclass
-class SGDConfig:
-    """Hyperparameters of per-sample BPR SGD."""
-
-    lr: float = 0.05       # α
-    reg: float = 1e-4      # λ
-    epochs: int = 20
-    seed: int = 0
-    threads: int = 1       # > 1: Hogwild over contiguous parts of each epoch's order
 
 
 # --------------------------------------------------------------------------- reference
@@ -302,7 +294,7 @@ def draw_negatives(post: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_
 # --------------------------------------------------------------------------- trainer
 
 
-def supports(model) -> bool:
+def supports(model: Any) -> bool:
     """Whether `model` is a factorization model this trainer runs: PITF or FM, no content or +SN."""
     spec = getattr(model, "spec", None)
     return bool(spec is not None and spec.family in FAMILIES and not spec.content and not spec.social)
@@ -313,30 +305,38 @@ def epoch_seed(seed: int, epoch: int) -> int:
     return int(np.random.default_rng([seed, epoch, 0x5EED]).integers(0, 2**63 - 1))
 
 
-class SGDTrainer:
-    """Per-sample BPR over every training pair each epoch, in a seeded order, on CPU.
+class SGDTrainer(BPRTrainer):
+    """Per-sample BPR over every training pair each epoch, in a seeded order, on CPU, in one process.
 
     model: a `FactorizationModel` PITF or FM (no content, no +SN) on CPU; its parameter
-    tensors are updated in place through numpy views. data: a `bpr.PostData`.
+    tensors are updated in place through numpy views. cfg: a `BPRConfig` (lr, reg, seed and
+    `threads`; batch_size and max_row_samples do not apply: every step is one sample).
+    `BPRTrainer.for_partition` chooses this trainer (`BPRConfig.kernel`); the rest of the
+    `Trainer` interface (work units, what the driver receives) is BPR's, with one partition.
     """
 
-    def __init__(self, model, data, cfg: SGDConfig) -> None:
+    def __init__(self, model: Any, data: PostData, cfg: Any, rank: int = 0, world: int = 1) -> None:
         if not supports(model):
-            raise ModelError(f"{getattr(model, 'name', model)}: the per-sample SGD trainer runs PITF and FM "
-                             "without content or +SN; use the torch trainer")
+            raise ModelError(f"{getattr(model, 'name', model)}: the per-sample SGD kernel runs PITF and FM "
+                             "without content or +SN; use the torch kernel (--bpr-kernel torch)")
         if str(model.device) != "cpu":
-            raise ModelError(f"{model.name}: the per-sample SGD trainer runs on CPU (model is on {model.device})")
+            raise ModelError(f"{model.name}: the per-sample SGD kernel runs on CPU (model is on {model.device}); "
+                             "use the torch kernel (--bpr-kernel torch)")
+        if world != 1:
+            raise ModelError(f"{model.name}: the per-sample SGD kernel trains in one process; with "
+                             f"{world} workers use the torch kernel (--bpr-kernel torch)")
         self.model, self.data, self.cfg = model, data, cfg
+        self.rank, self.world, self.sync, self.shared_item_slot = rank, world, None, None
         self.family = model.spec.family
         self.post, self.tag = data.pairs()
         self.users = np.ascontiguousarray(data.user_index, np.int64)
         self.items = np.ascontiguousarray(data.item_index, np.int64)
-        self.threads = max(1, cfg.threads or os.cpu_count() or 1)
+        self.threads = max(1, int(getattr(cfg, "threads", 1)) or os.cpu_count() or 1)
         self.pool = ThreadPoolExecutor(self.threads) if self.threads > 1 else None
 
     def params(self) -> dict[str, np.ndarray]:
         """numpy views of the model's parameter tensors (shared memory)."""
-        return {k: v.numpy() for k, v in self.model.params.items()}
+        return {k: v.detach().numpy() for k, v in self.model.params.items()}
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over the pairs in a seeded order; (summed loss, samples)."""

@@ -115,9 +115,11 @@ EpochHook = Callable[[int, float, int, float], None]   # (epoch, mean loss, work
 
 
 def train_epochs(engine: Any, model: Any, epochs: int, start: int = 0, hp: dict | None = None,
-                 advice: str = "lower --lr or raise --reg", on_epoch: EpochHook | None = None) -> list[float]:
+                 advice: str = "lower --lr or raise --reg", on_epoch: EpochHook | None = None,
+                 stop: Callable[[], bool] | None = None) -> list[float]:
     """Epochs start..epochs-1 of `engine` (a Trainer, or a job's engine of several); the mean
-    loss of each. A NaN/inf loss or tag matrix stops with NumericalError naming `hp`."""
+    loss of each. A NaN/inf loss or tag matrix stops with NumericalError naming `hp`; `stop()`
+    true after an epoch's `on_epoch` ends training early (early stopping)."""
     losses = []
     for epoch in range(start, epochs):
         t0 = time.perf_counter()
@@ -128,4 +130,6 @@ def train_epochs(engine: Any, model: Any, epochs: int, start: int = 0, hp: dict 
         losses.append(mean)
         if on_epoch is not None:
             on_epoch(epoch, mean, n, seconds)
+        if stop is not None and stop():
+            break
     return losses

@@ -110,7 +110,7 @@ def plot_precision_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]],
     fig, ax = plt.subplots(figsize=(10, 5.5))
     for t in targets:
         ax.axhline(t, color="#bbbbbb", linewidth=0.8, zorder=1)
-        ax.text(0.0, t, f" P = {t:g}", va="bottom", ha="left", fontsize=7, color="#777777",
+        ax.text(1.0, t, f"P = {t:g} ", va="bottom", ha="right", fontsize=7, color="#777777",
                 transform=ax.get_yaxis_transform())
     heavy = highlighted({n: {"f1@5": v} for n, v in f1.items()}) if f1 else set()
     order = sorted(curves, key=lambda n: -(f1 or {}).get(n, 0.0))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -176,6 +177,21 @@ def validate(cfg: ScoreConfig) -> None:
         from models.scoring import get_kernel
 
         get_kernel(cfg.kernel)
+    if not 0.0 <= cfg.min_precision <= 1.0:
+        raise JobError(f"--min-precision must be in [0, 1] (0: write every top-k tag), got {cfg.min_precision}")
+
+
+def calibration_of(model: Any, model_dir: Path, min_precision: float) -> Any:
+    """The model's `Calibrator` from model.json, or None; ModelError when --min-precision needs one."""
+    from models.calibration import Calibrator
+
+    doc = (getattr(model, "meta", {}) or {}).get("calibration")
+    if doc:
+        return Calibrator.from_json(doc)
+    if min_precision > 0:
+        raise ModelError(f"--min-precision {min_precision:g}: {model_dir}/model.json holds no calibration; "
+                         "retrain the model with jobs.train (it calibrates on the validation split by default)")
+    return None
 
 
 @dataclasses.dataclass
@@ -191,6 +207,7 @@ class Plan:
     ctx: ScoreContext
     posts: dict[str, np.ndarray]
     read_posts_s: float
+    calibrator: Any = None  # models.calibration.Calibrator, or None (no probabilities)
 
 
 def plan(cfg: ScoreConfig) -> Plan:
@@ -223,8 +240,10 @@ def plan(cfg: ScoreConfig) -> Plan:
     check_same_options(store, view, producer)
     store.create_record_view(view, fields=record_fields(cfg.k), producer=producer)
     out_dir = Path(cfg.out) / "topk" / model_dir.name
+    cal = calibration_of(model, model_dir, cfg.min_precision)
+    cal_digest = hashlib.sha256(json.dumps(cal.to_json(), sort_keys=True).encode()).hexdigest()[:12] if cal else None
     prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,
-                              "producer": producer})
+                              "calibration": cal_digest, "min_precision": cfg.min_precision, "producer": producer})
     ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")),
                        FeatureReader(store_path, views), uses_item_factor(model), cfg.k, cfg.kernel, cfg.batch_size)
-    return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts)
+    return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts, cal)

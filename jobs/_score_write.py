@@ -48,16 +48,25 @@ def to_records(tags: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> dict[
 
 
 def parquet_table(post_ids: np.ndarray, tags: np.ndarray, scores: np.ndarray, flags: np.ndarray,
-                  vocab: pa.Array) -> pa.Table:
-    """post_id, tags list<string> (padding dropped), scores list<float>, flags, fallback."""
+                  vocab: pa.Array, calibrator: Any = None, min_precision: float = 0.0) -> pa.Table:
+    """post_id, tags list<string> (padding dropped), scores list<float>, probabilities
+    list<float> (the calibrated P(tag is right); null lists without a calibrator), flags,
+    fallback. With min_precision > 0 only the tags whose probability meets it (a prefix of
+    each list, possibly empty)."""
     valid = tags >= 0  # (n, k)
+    probs = calibrator.predict(np.where(valid, scores, np.nan)) if calibrator is not None else None
+    if probs is not None and min_precision > 0:
+        valid &= probs >= min_precision
     offsets = np.zeros(len(tags) + 1, np.int32)
     np.cumsum(valid.sum(1), out=offsets[1:])
     names = pc.take(vocab, pa.array(tags[valid].astype(np.int32)))
+    prob_col = (pa.ListArray.from_arrays(pa.array(offsets), pa.array(probs[valid], pa.float32()))
+                if probs is not None else pa.nulls(len(tags), pa.list_(pa.float32())))
     return pa.table({
         "post_id": pa.array(post_ids, pa.int64()),
         "tags": pa.ListArray.from_arrays(pa.array(offsets), names),
         "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid], pa.float32())),
+        "probabilities": prob_col,
         "flags": pa.array(flags, pa.uint8()),
         "fallback": pa.array(flags != 0),
     })
@@ -75,11 +84,12 @@ def part_path(out_dir: Path, first_post_id: int) -> Path:
 
 
 def prepare_out_dir(out_dir: Path, info: dict[str, Any]) -> None:
-    """Part files belong to one model id, k and shard layout: those of another are removed
-    (stale); the view is the truth, and missing part files are rebuilt from it."""
+    """Part files belong to one model id, k, shard layout, calibration and precision target:
+    those of another are removed (stale); the view is the truth, and missing part files are
+    rebuilt from it."""
     out_dir.mkdir(parents=True, exist_ok=True)
     meta = out_dir / "_topk.json"
-    keys = ("model_id", "k", "shard_size")
+    keys = ("model_id", "k", "shard_size", "calibration", "min_precision")
     if meta.is_file():
         old = json.loads(meta.read_text())
         if {k: old.get(k) for k in keys} != {k: info[k] for k in keys}:
@@ -110,12 +120,15 @@ class ShardWriter:
     previous run committed come back from the view), so it is the same whatever runs made it.
     """
 
-    def __init__(self, posts: dict[str, np.ndarray], k: int, reader: Any, out_dir: Path, vocab: pa.Array) -> None:
+    def __init__(self, posts: dict[str, np.ndarray], k: int, reader: Any, out_dir: Path, vocab: pa.Array,
+                 calibrator: Any = None, min_precision: float = 0.0) -> None:
         self.posts, self.k, self.reader, self.out_dir, self.vocab = posts, k, reader, out_dir, vocab
+        self.calibrator, self.min_precision = calibrator, min_precision
         self.w: Any = None
         self.flag_counts = np.zeros(256, np.int64)
         self.stats: dict[str, Any] = {"skipped_posts": 0, "scored_posts": 0, "write_s": 0.0, "read_s": 0.0,
-                                      "compute_s": 0.0, "resume_check_s": 0.0, "shards": 0, "skipped_shards": 0}
+                                      "compute_s": 0.0, "resume_check_s": 0.0, "shards": 0, "skipped_shards": 0,
+                                      "tags_written": 0, "posts_written": 0}
 
     def part(self, sh: Shard) -> Path:
         return part_path(self.out_dir, int(self.posts["post_id"][sh.start]))
@@ -140,7 +153,11 @@ class ShardWriter:
             if not found.all():
                 raise StoreError(f"view {self.reader.name} lost rows while scoring; re-run to resume")
             tags[sh.done], scores[sh.done], flags[sh.done] = old["tags"], old["scores"], old["flags"][:, 0]
-        write_part(self.part(sh), parquet_table(ids[keep], tags[keep], scores[keep], flags[keep], self.vocab))
+        table = parquet_table(ids[keep], tags[keep], scores[keep], flags[keep], self.vocab, self.calibrator,
+                              self.min_precision)
+        write_part(self.part(sh), table)
+        self.stats["tags_written"] += int(pc.sum(pc.list_value_length(table["tags"])).as_py() or 0)
+        self.stats["posts_written"] += table.num_rows
         if res is not None:
             self.w.put(res["post_id"], to_records(res["tags"], res["scores"], res["flags"]))
             np.add.at(self.flag_counts, res["flags"], 1)

@@ -1,11 +1,16 @@
 """Evaluate every model on the same test split: `python -m jobs.evaluate`.
 
-    split/{train,test}.parquet → baselines fitted on train → saved models scored on the
-    test posts → P@k, R@k, F1@k, Acc@k for k = 1..10 → evaluation.{json,md}, f1_at_k.png
+    split/{train,val,test}.parquet → baselines fitted on train (user-item-popular's mix weight
+    chosen on val) → saved models scored on the test posts → P@k, R@k, F1@k, Acc@k for
+    k = 1..10 → the backfill report (calibrated probabilities: precision reached at each
+    precision target, tags written per post) → evaluation.{json,md}, f1_at_k.png,
+    precision_coverage.png
 
 `evaluation.json` maps model name → metric name (`precision@k`, `recall@k`, `f1@k`,
-`accuracy@k`) → value, plus `split` (the split's sizes) and `subsets` (the same table on
-the users with few training posts, where cold-start models should shine).
+`accuracy@k`) → value, plus `split` (the split's sizes), `subsets` (the same table on the
+users with few training posts, where cold-start models should shine), `baselines` (what
+each baseline chose, e.g. user-item-popular's weight) and `backfill` (per model and target:
+precision reached, its 95% interval, tags written, whether the target was kept).
 """
 
 from __future__ import annotations
@@ -16,13 +21,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from jobs._backfill import Lists
+from jobs._backfill import markdown as backfill_markdown
+from jobs._backfill import report as backfill_report
 from jobs._cli import ArchiveArgs, SplitArgs, arg, main_for, write_json
 from jobs.errors import JobError
 from jobs.posts import tag_csr, tag_rows, tag_vocabulary
 from jobs.prepare import read_split
-from models.baselines import BASELINES, get_baseline
-from models.csr import take_rows
+from models.baselines import (
+    BASELINES,
+    SOCIAL_BASELINES,
+    FriendsPopular,
+    PopularityMix,
+    get_baseline,
+    tune_alpha,
+)
+from models.calibration import TARGETS
+from models.csr import indptr_of, take_rows
 from models.metrics import METRICS, metrics_at_k
 from models.recsys.data import IdIndex, index_of
 
@@ -37,62 +54,138 @@ class EvaluateConfig(ArchiveArgs, SplitArgs):
     """Which models to compare and where to write the table."""
 
     models: list[str] = arg([], "model names under <out>/models (or model folders); empty: every saved model")
-    baselines: list[str] = arg(list(BASELINES), "baselines to include")
-    plot: bool = arg(True, "write f1_at_k.png")
+    baselines: list[str] = arg(list(BASELINES + SOCIAL_BASELINES),
+                               "baselines to include (friends-popular reads --edges; left out when there is none)")
+    precision_targets: list[float] = arg(list(TARGETS), "precision targets of the backfill report: per model, the "
+                                                        "precision its calibrated tags reach on test and how many "
+                                                        "it writes")
+    plot: bool = arg(True, "write f1_at_k.png and precision_coverage.png")
 
 
 @dataclasses.dataclass
-class TestSet:
-    """The test posts with tags as indices into the training vocabulary."""
+class Posts:
+    """One split's posts, tags as indices into the training vocabulary (CSR)."""
+
+    post_ids: np.ndarray
+    user_ids: np.ndarray
+    item_ids: np.ndarray
+    indptr: np.ndarray
+    indices: np.ndarray
+
+
+@dataclasses.dataclass
+class EvalData:
+    """The three splits against one training tag vocabulary."""
 
     tags: list[str]              # training tag vocabulary, index = tag index
-    post_ids: np.ndarray         # (n,)
-    user_ids: np.ndarray         # (n,)
-    item_ids: np.ndarray         # (n,)
-    indptr: np.ndarray           # CSR of true tag indices
-    indices: np.ndarray
+    train: Posts
+    val: Posts                   # empty when the split has no validation posts
+    test: Posts
     train_user_ids: np.ndarray   # sorted users seen in training
     train_posts_per_user: np.ndarray  # aligned with train_user_ids
 
 
-def load_test_set(out: str | Path) -> tuple[TestSet, dict[str, np.ndarray]]:
-    """The test set, and the training (user_id, tag index) pairs the baselines fit on."""
+def _posts(t: pa.Table, vocab: np.ndarray) -> Posts:
+    ptr, idx, _ = tag_csr(t.column("tags"), vocab)
+    return Posts(t.column("post_id").to_numpy(), t.column("user_id").to_numpy().astype(np.int64),
+                 t.column("item_id").to_numpy().astype(np.int64), ptr, idx)
+
+
+def load_data(out: str | Path) -> EvalData:
+    """train/val/test against the training vocabulary (no val.parquet: an empty validation split)."""
     train, test = read_split(out, "train"), read_split(out, "test")
+    val = read_split(out, "val") if (Path(out) / "split" / "val.parquet").exists() else test.slice(0, 0)
     vocab = tag_vocabulary(train.column("tags"))
-    tr_ptr, tr_idx, _ = tag_csr(train.column("tags"), vocab)
-    tr_users = train.column("user_id").to_numpy()
-    users, counts = np.unique(tr_users, return_counts=True)
-    te_ptr, te_idx, _ = tag_csr(test.column("tags"), vocab)
-    ts = TestSet(vocab.tolist(), test.column("post_id").to_numpy(), test.column("user_id").to_numpy(),
-                 test.column("item_id").to_numpy(), te_ptr, te_idx, users, counts)
-    pairs = {"user_id": np.repeat(tr_users, np.diff(tr_ptr)), "tag_index": tr_idx}
-    return ts, pairs
+    users, counts = np.unique(train.column("user_id").to_numpy(), return_counts=True)
+    return EvalData(vocab.tolist(), _posts(train, vocab), _posts(val, vocab), _posts(test, vocab), users, counts)
 
 
-def baseline_topk(name: str, ts: TestSet, pairs: dict[str, np.ndarray]) -> np.ndarray:
-    users = IdIndex(ts.train_user_ids)
-    model = get_baseline(name, len(ts.tags), len(users)).fit(users(pairs["user_id"]), pairs["tag_index"])
-    return model.recommend(users(ts.user_ids), K_MAX)
+# --------------------------------------------------------------------------- baselines
 
 
-def model_topk(model_dir: Path, ts: TestSet, store: Path) -> np.ndarray:
-    """Top-10 tag indices (in the evaluation vocabulary) of a saved recommender on the test posts."""
-    from jobs.features import FeatureReader
+def _friends(edges: Path, users: IdIndex) -> tuple[np.ndarray, np.ndarray] | None:
+    """Undirected CSR over training-user indices of the social graph; None without an edges file."""
+    if not edges.is_file():
+        return None
+    from jobs.contract import read_edges
+
+    table, _ = read_edges(edges)
+    a, b = users(table.column("src").to_numpy()), users(table.column("dst").to_numpy())
+    ok = (a >= 0) & (b >= 0) & (a != b)
+    src, dst = np.concatenate([a[ok], b[ok]]), np.concatenate([b[ok], a[ok]])
+    n = len(users)
+    key = np.unique(src * n + dst)
+    return indptr_of(np.bincount(key // n, minlength=n)), key % n
+
+
+def fit_baselines(cfg: EvaluateConfig, d: EvalData) -> tuple[dict[str, Any], tuple[IdIndex, IdIndex], dict[str, Any]]:
+    """({name: fitted baseline}, (user, item) rows of their tables, {name: what it chose}) for cfg.baselines."""
+    users, items = IdIndex(d.train_user_ids), IdIndex(np.unique(d.train.item_ids))
+    post = np.repeat(np.arange(len(d.train.post_ids)), np.diff(d.train.indptr))
+    u, i, t = users(d.train.user_ids[post]), items(d.train.item_ids[post]), d.train.indices
+    fitted: dict[str, Any] = {}
+    chose: dict[str, Any] = {}
+    for name in cfg.baselines:
+        if name in SOCIAL_BASELINES:
+            nb = _friends(cfg.edges_path(), users)
+            if nb is None:
+                log.info("evaluate: leaving out %s: no social graph at %s", name, cfg.edges_path())
+                continue
+            fitted[name] = FriendsPopular(len(d.tags), len(users), *nb).fit(u, t, post_index=post)
+            continue
+        b = get_baseline(name, len(d.tags), len(users), len(items)).fit(u, t, i, post_index=post)
+        if name == "user-item-popular" and isinstance(b, PopularityMix):
+            grid = tune_alpha(b, users(d.val.user_ids), items(d.val.item_ids), d.val.indptr, d.val.indices)
+            chose[name] = {"alpha": b.alpha, "val_f1@5_by_alpha": grid,
+                           "note": ("alpha: weight of the user's tag shares, 1 - alpha the item's; chosen on "
+                                    "validation") if grid else "no validation posts: alpha 0.5"}
+        fitted[name] = b
+    return fitted, (users, items), chose
+
+
+def baseline_lists(b: Any, ids: tuple[IdIndex, IdIndex], d: EvalData) -> Lists:
+    users, items = ids
+    tt, ts = b.scores_topk(users(d.test.user_ids), K_MAX, items(d.test.item_ids))
+    vt, vs = b.scores_topk(users(d.val.user_ids), K_MAX, items(d.val.item_ids))
+    return Lists(tt, ts, vt, vs)
+
+
+# --------------------------------------------------------------------------- models
+
+
+def model_lists(model_dir: Path, d: EvalData, store: Path) -> Lists:
+    """Top-10 tags (in the evaluation vocabulary) and scores of a saved recommender on the test
+    posts, with its saved calibration, or its validation lists to fit one when it has none."""
     from models.recsys import load
-    from models.recsys.evaluate import topk_tags
+
+    model = load(model_dir)
+    saved = (getattr(model, "meta", {}) or {}).get("calibration")
+    tt, ts = _scored(model, d.test, d.tags, store)
+    if saved:
+        return Lists(tt, ts, saved=saved)
+    vt, vs = _scored(model, d.val, d.tags, store)
+    return Lists(tt, ts, vt, vs)
+
+
+def _scored(model: Any, posts: Posts, tags: list[str], store: Path) -> tuple[np.ndarray, np.ndarray]:
+    from jobs.features import FeatureReader
+    from models.recsys.evaluate import topk_scored
     from models.recsys.saved import feature_views, id_vocab
     from models.recsys.saved import tag_vocabulary as model_tags
 
-    model = load(model_dir)
-    batch, _ = FeatureReader(store, feature_views(model)).read(ts.user_ids, ts.item_ids)
-    batch["user_index"] = index_of(id_vocab(model, "user"), ts.user_ids)
-    batch["item_index"] = index_of(id_vocab(model, "item"), ts.item_ids)
-    top = topk_tags(model, batch, K_MAX)  # (n, <=K) indices into the model's vocabulary
+    out_t = np.full((len(posts.post_ids), K_MAX), -1, dtype=np.int64)
+    out_s = np.zeros((len(posts.post_ids), K_MAX), dtype=np.float32)
+    if not len(posts.post_ids):
+        return out_t, out_s
+    batch, _ = FeatureReader(store, feature_views(model)).read(posts.user_ids, posts.item_ids)
+    batch["user_index"] = index_of(id_vocab(model, "user"), posts.user_ids)
+    batch["item_index"] = index_of(id_vocab(model, "item"), posts.item_ids)
+    top, scores = topk_scored(model, batch, K_MAX)  # (n, <=K) indices into the model's vocabulary
     # Map the model's tag vocabulary onto the evaluation vocabulary (both from the same train split).
-    mapped = tag_rows(ts.tags, model_tags(model))
-    out = np.full((len(ts.post_ids), K_MAX), -1, dtype=np.int64)
-    out[:, : top.shape[1]] = mapped[top]
-    return out
+    mapped = tag_rows(tags, model_tags(model))
+    out_t[:, : top.shape[1]] = mapped[top]
+    out_s[:, : top.shape[1]] = scores
+    return out_t, out_s
 
 
 def discover_models(cfg: EvaluateConfig) -> list[tuple[str, Path]]:
@@ -120,63 +213,70 @@ def markdown_table(results: dict[str, dict[str, float]], ks: tuple[int, ...] = (
     return "\n".join(lines)
 
 
-def plot_f1(results: dict[str, dict[str, float]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    ks = range(1, K_MAX + 1)
-    for name, r in sorted(results.items(), key=lambda kv: -kv[1]["f1@5"]):
-        ax.plot(list(ks), [r[f"f1@{k}"] for k in ks], marker="o", markersize=3, label=name)
-    ax.set_xlabel("k")
-    ax.set_ylabel("F1@k")
-    ax.set_xticks(list(ks))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
-    ax.set_title("F1@k on the test split")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
-    ts, pairs = load_test_set(cfg.out)
-    if len(ts.post_ids) == 0:
+    d = load_data(cfg.out)
+    if len(d.test.post_ids) == 0:
         raise JobError(f"the test split in {cfg.out}/split is empty; check --test-per-user and the filters")
-    topks: dict[str, np.ndarray] = {}
-    for name in cfg.baselines:
-        topks[name] = baseline_topk(name, ts, pairs)
+    if any(not 0 < t <= 1 for t in cfg.precision_targets):
+        raise JobError(f"--precision-targets must lie in (0, 1], got {cfg.precision_targets}")
+    lists: dict[str, Lists] = {}
+    fitted, ids, chose = fit_baselines(cfg, d)
+    for name, b in fitted.items():
+        lists[name] = baseline_lists(b, ids, d)
     for name, path in discover_models(cfg):
-        log.info("scoring %s on %d test posts", name, len(ts.post_ids))
-        topks[name] = model_topk(path, ts, cfg.store_path())
-    pos = np.searchsorted(ts.train_user_ids, ts.user_ids)
-    n_train = ts.train_posts_per_user[np.clip(pos, 0, len(ts.train_user_ids) - 1)]
+        log.info("scoring %s on %d test posts", name, len(d.test.post_ids))
+        lists[name] = model_lists(path, d, cfg.store_path())
+    pos = np.searchsorted(d.train_user_ids, d.test.user_ids)
+    n_train = d.train_posts_per_user[np.clip(pos, 0, len(d.train_user_ids) - 1)]
     cold = n_train <= COLD_MAX_TRAIN_POSTS
     results, cold_results = {}, {}
-    for name, topk in topks.items():
-        results[name] = metrics_at_k(topk, ts.indptr, ts.indices)
+    for name, li in lists.items():
+        results[name] = metrics_at_k(li.test_tags, d.test.indptr, d.test.indices)
         if cold.any():
-            ptr, idx = take_rows(ts.indptr, ts.indices, cold)
-            cold_results[name] = metrics_at_k(topk[cold], ptr, idx)
+            ptr, idx = take_rows(d.test.indptr, d.test.indices, cold)
+            cold_results[name] = metrics_at_k(li.test_tags[cold], ptr, idx)
+    targets = tuple(cfg.precision_targets)
+    backfill, curves = backfill_report(lists, d.test.indptr, d.test.indices, d.val.indptr, d.val.indices, targets)
     split_sizes = _split_sizes(cfg.out)
     report = {**results, "split": split_sizes,
-              "subsets": {f"users with <= {COLD_MAX_TRAIN_POSTS} training posts": cold_results}}
+              "subsets": {f"users with <= {COLD_MAX_TRAIN_POSTS} training posts": cold_results},
+              "baselines": chose, "backfill": backfill}
     out = Path(cfg.out)
     write_json(out / "evaluation.json", report)
-    md = ["# Evaluation", "", f"Test posts: {len(ts.post_ids)}; tags: {len(ts.tags)}; split: {split_sizes}", "",
+    order = sorted(results, key=lambda n: -results[n]["f1@5"])
+    md = ["# Evaluation", "", f"Test posts: {len(d.test.post_ids)}; tags: {len(d.tags)}; split: {split_sizes}", "",
           markdown_table(results), ""]
+    if "user-item-popular" in chose:
+        md += [f"user-item-popular: weight of the user's tag shares {chose['user-item-popular']['alpha']:g} "
+               "(the item's: 1 minus it), chosen on the validation split.", ""]
     if cold_results:
         md += [f"## Users with <= {COLD_MAX_TRAIN_POSTS} training posts ({int(cold.sum())} test posts)", "",
                markdown_table(cold_results), ""]
+    if backfill:
+        md += ["## Backfill at a precision target", "",
+               "Tags whose calibrated probability meets the target P (what `jobs.score --min-precision P` "
+               "writes): the precision they reach on the test split and the tags written per post.", "",
+               backfill_markdown(backfill, order, targets), ""]
     (out / "evaluation.md").write_text("\n".join(md))
+    outputs = [str(out / "evaluation.json"), str(out / "evaluation.md")]
     if cfg.plot and results:
-        plot_f1(results, out / "f1_at_k.png")
+        from jobs._plots import plot_f1_at_k, plot_precision_coverage
+
+        plot_f1_at_k(results, out / "f1_at_k.png", K_MAX)
+        outputs.append(str(out / "f1_at_k.png"))
+        if curves:
+            plot_precision_coverage(curves, out / "precision_coverage.png", targets,
+                                    {n: r["f1@5"] for n, r in results.items()})
+            outputs.append(str(out / "precision_coverage.png"))
     print(markdown_table(results, ks=(1, 5, 10)))
-    return {"models": sorted(results), "test_posts": len(ts.post_ids),
+    if backfill:
+        print(backfill_markdown(backfill, order, targets))
+    missed = sorted(n for n, r in backfill.items() for v in r["targets"].values() if v["target_kept"] == "no")
+    if missed:
+        log.warning("evaluate: calibrated precision missed its target on test for %s", ", ".join(missed))
+    return {"models": sorted(results), "test_posts": len(d.test.post_ids),
             "f1@5": {k: round(v["f1@5"], 4) for k, v in results.items()},
-            "outputs": [str(out / "evaluation.json"), str(out / "evaluation.md")]}
+            "backfill_missed": missed, "outputs": outputs}
 
 
 def _split_sizes(out: str | Path) -> dict[str, Any]:

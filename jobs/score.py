@@ -16,7 +16,10 @@ Outputs:
   model id = model name + the first 12 hex digits of the weights' sha256; tag -1 with score 0
   pads a post with fewer than k eligible tags (only possible with --exclude-own-tags).
 - ``<out>/topk/<MODEL>/part-<first post id>.parquet``: post_id int64, tags list<string>,
-  scores list<float>, flags uint8, fallback bool; one file per shard, sorted by post_id.
+  scores list<float>, probabilities list<float> (the calibrated chance each tag is right,
+  from the model's calibration in model.json; null without one), flags uint8, fallback bool;
+  one file per shard, sorted by post_id. `--min-precision P` keeps in them only the tags whose
+  probability is at least P (the store view keeps the full top k).
 
 Fallbacks (flags, bit or): the model's documented fallback (a zero vector for a missing
 feature, a zero factor for a user/item not seen in training) is what `post_vectors` does;
@@ -69,6 +72,9 @@ class ScoreConfig(ArchiveArgs, RayArgs):
                           "torch-cuda where there is a GPU, else torch")
     task_cpus: float = arg(1.0, "CPUs per Ray task (torch threads follow it)")
     task_gpus: float = arg(0.0, "GPUs per Ray task (0: CPU scoring)")
+    min_precision: float = arg(0.0, "backfill at a precision target: the Parquet parts keep, per post, only the "
+                                    "tags whose calibrated probability (model.json's calibration, fitted on the "
+                                    "validation split by jobs.train) meets it, possibly none; 0: every top-k tag")
 
 
 def run(cfg: ScoreConfig) -> dict[str, Any]:
@@ -79,7 +85,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     n_sel = int(posts["selected"].sum())
     log.info("scoring %d of %d posts (%s) with %s into %s and %s", n_sel, len(posts["post_id"]), cfg.which,
              p.model_id, p.view, p.out_dir)
-    wr = ShardWriter(posts, cfg.k, p.store.reader(p.view), p.out_dir, pa.array(p.vocab, pa.string()))
+    wr = ShardWriter(posts, cfg.k, p.store.reader(p.view), p.out_dir, pa.array(p.vocab, pa.string()), p.calibrator,
+                     cfg.min_precision)
     progress = Progress("score", total=n_sel, unit="posts")
 
     def written(sh: Shard, res: dict[str, Any]) -> None:
@@ -111,6 +118,8 @@ def _summary(cfg: ScoreConfig, wr: ShardWriter, name: str, mid: str, view: str, 
         "which": cfg.which, "selected_posts": n_sel, "scored_posts": scored,
         "skipped_posts": st["skipped_posts"], "shards": st["shards"], "skipped_shards": st["skipped_shards"],
         "fallback_posts": int(fc[1:].sum()),
+        "min_precision": cfg.min_precision,
+        "tags_per_post_written": round(st["tags_written"] / max(st["posts_written"], 1), 4),
         "fallbacks": {nm: int(sum(fc[f] for f in range(256) if f & bit)) for bit, nm in FLAG_NAMES.items()},
         "posts_per_s": round(scored / wall, 1) if wall > 0 else 0.0,
         # worker-seconds for reads/compute (summed over tasks); driver seconds for the rest

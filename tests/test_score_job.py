@@ -310,3 +310,55 @@ def test_job_on_gpu_matches_cpu(tmp_path, world, scored):
     a, b = _read_parts(root).to_pydict(), _read_parts(full_root).to_pydict()
     assert a["post_id"] == b["post_id"] and a["flags"] == b["flags"]
     assert np.allclose(np.array(a["scores"]), np.array(b["scores"]), atol=1e-5)
+
+
+def _calibrated(root: Path) -> Path:
+    """The saved model with a calibration in its model.json: P(right) = sigmoid(score)."""
+    from models.calibration import Calibrator
+
+    path = root / "models" / "PITF-IC-OD+SN" / "model.json"
+    doc = json.loads(path.read_text())
+    doc["calibration"] = Calibrator("platt", False, maps=[{"a": 1.0, "b": 0.0}], n_posts=1).to_json()
+    path.write_text(json.dumps(doc))
+    return path.parent
+
+
+def test_probabilities_beside_scores_and_backfill_at_a_precision_target(tmp_path, world, ray_local):
+    root = _build(tmp_path / "cal", world)
+    _calibrated(root)
+    full = J.run(_cfg(root))
+    table = _read_parts(root).to_pydict()
+    assert full["tags_per_post_written"] == 4
+    for scores, probs in zip(table["scores"], table["probabilities"]):
+        np.testing.assert_allclose(probs, 1 / (1 + np.exp(-np.asarray(scores))), rtol=1e-5)
+        assert probs == sorted(probs, reverse=True)
+    # --min-precision: the same view (nothing rescored), part files rebuilt with the sure tags only
+    sure = J.run(_cfg(root, min_precision=0.6))
+    assert sure["scored_posts"] == 0 and sure["skipped_posts"] == N_POSTS
+    kept = _read_parts(root).to_pydict()
+    assert kept["post_id"] == table["post_id"]
+    n_kept = 0
+    for tags, probs, all_tags, all_scores in zip(kept["tags"], kept["probabilities"], table["tags"],
+                                                 table["scores"]):
+        want = [t for t, s in zip(all_tags, all_scores) if 1 / (1 + np.exp(-float(np.float32(s)))) >= 0.6]
+        assert tags == want and all(p >= 0.6 for p in probs)
+        n_kept += len(tags)
+    assert N_POSTS <= n_kept < 4 * N_POSTS  # the planted tag (huge bias) is sure on every post; others drop
+    assert sure["tags_per_post_written"] == pytest.approx(n_kept / N_POSTS, abs=1e-4)
+
+
+def test_min_precision_needs_a_calibrated_model(tmp_path, world):
+    root = _build(tmp_path / "uncal", world)
+    with pytest.raises(ModelError, match="--min-precision 0.8: .*holds no calibration; retrain"):
+        J.run(_cfg(root, min_precision=0.8))
+    assert _nothing_written(root)
+    with pytest.raises(JobError, match=r"--min-precision must be in \[0, 1\]"):
+        J.run(_cfg(root, min_precision=1.5))
+
+
+def test_uncalibrated_model_writes_null_probabilities(tmp_path, world, ray_local):
+    root = _build(tmp_path / "nullp", world)
+    J.run(_cfg(root))
+    table = _read_parts(root)
+    assert table.schema.field("probabilities").type == pa.list_(pa.float32())
+    assert table.column("probabilities").null_count == N_POSTS

@@ -26,6 +26,8 @@ Pure numpy, seeded: the same parameters give the same arrays.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -263,3 +265,44 @@ def edges_table(f: Folksonomy) -> pa.Table:
     """Friendships, each once (src < dst); the graph is undirected."""
     ids = user_ids(len(f.personal))
     return pa.table({"src": pa.array(ids[f.src]), "dst": pa.array(ids[f.dst])})
+
+
+# --------------------------------------------------------------------------- jobs.synth --kind folksonomy
+
+
+def params_from(cfg: Any) -> FolksonomyParams:
+    """The generator's parameters from jobs.synth's flags (sizes, genres, friends, seed)."""
+    return FolksonomyParams(num_users=cfg.num_users, num_items=cfg.num_items or max(1, cfg.num_posts // 4),
+                            num_tags=cfg.num_tags, num_posts=cfg.num_posts, num_genres=cfg.num_genres,
+                            avg_friends=cfg.avg_degree, seed=cfg.seed)
+
+
+def truth_tables(f: Folksonomy, tag_names: list[str]) -> dict[str, pa.Table]:
+    """users/items/tags.parquet: the planted genres, personal weights and post counts."""
+    ids = user_ids(len(f.personal))
+    return {
+        "users": pa.table({"user_id": pa.array(ids), "favourite_genres": pa.array(f.user_genres.tolist()),
+                           "personal_weight": pa.array(f.personal.astype(np.float32)),
+                           "num_posts": pa.array(np.bincount(f.user, minlength=len(ids)).astype(np.int32))}),
+        "items": pa.table({"item_id": pa.array(np.arange(1, len(f.item_genres) + 1, dtype=np.int64)),
+                           "genres": pa.array(f.item_genres.tolist()),
+                           "num_posts": pa.array(np.bincount(f.item, minlength=len(f.item_genres)).astype(np.int32))}),
+        "tags": pa.table({"tag": pa.array(tag_names), "genre": pa.array(f.tag_genre.astype(np.int32))}),
+    }
+
+
+def write_folksonomy(cfg: Any, root: Path, posts: Path, edges: Path, tag_names: list[str]) -> dict[str, Any]:
+    """posts.parquet, edges.parquet and the truth tables of a folksonomy; the summary's counts."""
+    import pyarrow.parquet as pq
+
+    f = make_folksonomy(params_from(cfg))
+    for path, table in ((posts, posts_table(f, tag_names)), (edges, edges_table(f)),
+                        *((root / f"{k}.parquet", t) for k, t in truth_tables(f, tag_names).items())):
+        tmp = path.with_name(path.name + ".tmp")
+        pq.write_table(table, tmp, row_group_size=65_536)
+        tmp.replace(path)
+    per_item = np.bincount(f.item)
+    return {"posts": len(f.user), "users": len(f.personal), "items_tagged": int((per_item > 0).sum()),
+            "edges": len(f.src), "tags": len(f.tag_genre), "tags_used": int(len(np.unique(f.tags))),
+            "tag_assignments": len(f.tags), "posts_of_top_1pct_items": int(np.sort(per_item)[::-1][
+                :max(1, len(per_item) // 100)].sum())}

@@ -25,6 +25,11 @@ What is planted, so that later stages have a signal a correct implementation mus
 * `--untagged-frac` posts have their tags hidden (kept in `untagged_truth.parquet`),
   `--shared-items-frac` posts re-post another user's photo (same `image` string).
 
+`--kind folksonomy` writes the other shape of tagging data instead: many users tag the same
+items (music artists, URLs), each item with its own tag distribution and each user with a
+personal vocabulary, a friendship graph, no images (`jobs._synth_folksonomy`; the truth in
+users/items/tags.parquet).
+
 Everything is vectorised numpy/pyarrow in chunks of 65,536 posts (one Parquet row group
 each), so 10^6 posts with `--no-images` need bounded memory (benchmarks/results/synth.md). Output is a pure
 function of the flags: the same seed gives byte-identical Parquet files and images,
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -46,6 +52,7 @@ from jobs._cli import ArchiveArgs, arg, main_for, write_json
 from jobs._synth_posts import post_users
 from jobs._synth_world import build_world
 from jobs._synth_write import (
+    FORMAT_VERSION,
     Paths,
     archive_meta,
     draw_images,
@@ -60,6 +67,9 @@ from jobs.errors import JobError
 log = logging.getLogger("jobs")
 
 
+FOLKSONOMY_FLAGS = ("kind", "num_items", "num_genres")
+
+
 @dataclass
 class SynthConfig(ArchiveArgs):
     """Flags of `python -m jobs.synth` (plus the contract flags of ArchiveArgs).
@@ -68,12 +78,17 @@ class SynthConfig(ArchiveArgs):
     `--num-users`, `--num-posts`, `--num-tags`, `--num-communities`.
     """
 
+    kind: str = arg("photos", "what to generate: photos (one item per photo; images or synthetic features) or "
+                              "folksonomy (many users tag the same items, like artists or URLs, with item-level "
+                              "tag preferences; tag-only: no images)", choices=["photos", "folksonomy"])
     archive: str = arg("", "archive folder for posts/edges/images/ground truth; empty: the folder of "
                            "--posts if given, else <out>/archive")
     num_users: int = arg(60, "number of users (each posts at least once)")
     num_posts: int = arg(400, "number of posts (>= --num-users)")
     num_tags: int = arg(40, "tag vocabulary size (Zipf popularity)")
     num_communities: int = arg(4, "user communities, each with its preferred tags")
+    num_items: int = arg(0, "folksonomy: distinct items (Zipf popularity); 0: --num-posts / 4")
+    num_genres: int = arg(25, "folksonomy: genres, each with its own tags, items and fans")
     avg_degree: float = arg(8.0, "follows drawn per user before removing duplicates and self-loops")
     within_community: float = arg(0.85, "fraction of follows that stay inside the follower's community")
     social_influence: float = arg(0.15, "chance each tag draw copies a personal tag of a followee "
@@ -137,8 +152,16 @@ def validate(cfg: SynthConfig) -> tuple[int, int]:
         (cfg.seed >= 0, f"--seed must be >= 0, got {cfg.seed}"),
         (cfg.workers >= 0, f"--workers must be >= 0 (0: all CPUs), got {cfg.workers}"),
         (cfg.num_posts < 2**40, f"--num-posts {cfg.num_posts} is absurd"),
-        (not (cfg.write_features and cfg.images),
+        (not (cfg.write_features and cfg.images) or cfg.kind == "folksonomy",
          "--write-features needs --no-images (with images, run jobs.extract on them instead)"),
+        (cfg.kind != "folksonomy" or not cfg.write_features,
+         "--kind folksonomy writes no image features (its items are not photos); leave out --write-features"),
+        (cfg.num_items >= 0, f"--num-items must be >= 0 (0: --num-posts / 4), got {cfg.num_items}"),
+        (cfg.kind != "folksonomy" or 1 <= cfg.num_genres <= cfg.num_tags,
+         f"--num-genres must be in 1..--num-tags ({cfg.num_tags}), got {cfg.num_genres}"),
+        (cfg.kind != "folksonomy" or cfg.num_posts <= cfg.num_users * (cfg.num_items or max(1, cfg.num_posts // 4)),
+         f"--kind folksonomy: one post per (user, item), so --num-posts ({cfg.num_posts}) must be <= "
+         f"--num-users x --num-items"),
     ]
     for ok, msg in checks:
         if not ok:
@@ -151,7 +174,11 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
     size = validate(cfg)
     paths = Paths.of(cfg)
     params = params_of(cfg)
+    if cfg.kind == "photos":  # the folksonomy's flags do not shape a photo archive
+        params = {k: v for k, v in params.items() if k not in FOLKSONOMY_FLAGS}
     keep_images = prepare_dir(paths, params)
+    if cfg.kind == "folksonomy":
+        return _run_folksonomy(cfg, paths, params)
 
     t0 = time.perf_counter()
     world = build_world(cfg)
@@ -190,6 +217,31 @@ def run(cfg: SynthConfig) -> dict[str, Any]:
     }
     write_json(paths.root / "archive.json", archive_meta(cfg, paths, params, summary))
     _print_summary(summary)
+    return summary
+
+
+def _run_folksonomy(cfg: SynthConfig, paths: Paths, params: dict[str, Any]) -> dict[str, Any]:
+    """`--kind folksonomy`: posts, friendships and truth tables of `jobs._synth_folksonomy` (no images)."""
+    from jobs._synth_folksonomy import write_folksonomy
+    from jobs._synth_world import tag_names
+
+    t0 = time.perf_counter()
+    counts = write_folksonomy(cfg, paths.root, paths.posts, paths.edges, tag_names(cfg.num_tags))
+    summary = {"kind": "folksonomy", "archive": str(paths.root), "posts_file": str(paths.posts),
+               "edges_file": str(paths.edges), **counts, "sample_s": round(time.perf_counter() - t0, 3)}
+    rel = lambda p: os.path.relpath(p, paths.root)  # noqa: E731
+    write_json(paths.root / "archive.json", {
+        "generator": "jobs.synth", "format": FORMAT_VERSION, "complete": True, "params": params,
+        "files": {"posts": rel(paths.posts), "edges": rel(paths.edges), "users": "users.parquet",
+                  "items": "items.parquet", "tags": "tags.parquet", "images": None},
+        "counts": counts,
+        "truth": {"users": "users.parquet: user_id, favourite_genres, personal_weight (chance a tag comes from "
+                           "the user's own vocabulary), num_posts",
+                  "items": "items.parquet: item_id, genres, num_posts", "tags": "tags.parquet: tag, genre (-1: generic)",
+                  "item_id": "column: item index + 1; image strings name missing files (tag-only archive)"}})
+    print(f"synth: folksonomy of {counts['posts']} posts by {counts['users']} users on {counts['items_tagged']} "
+          f"items, {counts['tags_used']}/{counts['tags']} tags used, {counts['edges']} friendships, no images "
+          f"-> {paths.root}")
     return summary
 
 

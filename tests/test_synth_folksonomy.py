@@ -87,3 +87,43 @@ def test_tables_meet_the_data_contract(folk, tmp_path):
     posts = read_posts(tmp_path / "posts.parquet")
     assert posts.num_rows == len(folk.user) and len(np.unique(posts["item_id"].to_numpy())) == len(np.unique(folk.item))
     assert read_edges(tmp_path / "edges.parquet")[0].num_rows == len(folk.src)
+
+
+def test_synth_kind_folksonomy_writes_a_tag_only_archive(tmp_path):
+    import json
+
+    from jobs._cli import run_job
+    from jobs.contract import read_posts
+    from jobs.synth import SynthConfig
+    from jobs.synth import run as synth
+
+    argv = ["--out", str(tmp_path), "--kind", "folksonomy", "--num-users", "80", "--num-posts", "1600",
+            "--num-tags", "300", "--num-items", "400", "--num-genres", "6", "--seed", "2"]
+    assert run_job("synth", SynthConfig, synth, argv) == 0
+    arch = tmp_path / "archive"
+    posts = read_posts(arch / "posts.parquet")
+    assert posts.num_rows == 1600 and not any((arch / p).exists() for p in posts["image"].to_pylist()[:20])
+    meta = json.loads((arch / "archive.json").read_text())
+    assert meta["complete"] and meta["files"]["images"] is None and meta["params"]["kind"] == "folksonomy"
+    for name in ("users", "items", "tags"):
+        assert pq.read_table(arch / f"{name}.parquet").num_rows > 0
+    again = tmp_path / "again"
+    assert run_job("synth", SynthConfig, synth, [*argv[:1], str(again), *argv[2:]]) == 0
+    assert (again / "archive" / "posts.parquet").read_bytes() == (arch / "posts.parquet").read_bytes()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-posts", "5000"], r"one post per \(user, item\)"),
+    (["--write-features", "--no-images"], "writes no image features"),
+    (["--num-genres", "0"], r"--num-genres must be in 1..--num-tags"),
+])
+def test_synth_folksonomy_bad_flags(tmp_path, flags, message):
+    from jobs._cli import resolve_config
+    from jobs.errors import JobError
+    from jobs.synth import SynthConfig, validate
+
+    base = ["--out", str(tmp_path), "--kind", "folksonomy", "--num-users", "10", "--num-items", "100",
+            "--num-posts", "300", "--num-tags", "50"]
+    cfg = resolve_config(SynthConfig, base + flags, "synth", "")
+    with pytest.raises(JobError, match=message):
+        validate(cfg)

@@ -97,23 +97,20 @@ def read_users(cfg: EmbedUsersConfig) -> np.ndarray:
     """Sorted unique user ids that have posts (streamed: only the user_id column)."""
     from jobs.contract import iter_posts
 
-    parts = [b.column(0).to_numpy() for b in iter_posts(cfg.posts_path(), columns=("user_id",))]
+    parts = [b.column(0).to_numpy() for b in iter_posts(cfg.posts_uri(), columns=("user_id",))]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def read_graph(cfg: EmbedUsersConfig, users: np.ndarray) -> tuple[Graph, dict[str, Any]]:
     """The CSR graph over users with posts plus users named by edges; InputError when it has no edges."""
-    import pyarrow.parquet as pq
-
     from jobs.contract import read_edges
 
-    path = cfg.edges_path()
+    path = cfg.edges_uri()
     table, report = read_edges(path, users)
     if report.edges == 0:
         raise InputError(f"{path} has no edges; node2vec needs a social graph "
                          f"(supply edges, or train without the {cfg.view} view)")
-    has_weight = "weight" in pq.ParquetFile(path).schema_arrow.names
-    if cfg.weighted and not has_weight:
+    if cfg.weighted and not report.weighted:
         raise InputError(f"--weighted given but {path} has no 'weight' column; drop --weighted")
     src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
     w = table.column("weight").to_numpy() if cfg.weighted else None

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from featurestore import uri
 from jobs._cli import ArchiveArgs, SplitArgs, arg, main_for, write_json
 from jobs.errors import JobError
 from jobs.prepare import read_split
@@ -37,6 +38,8 @@ class EvaluateConfig(ArchiveArgs, SplitArgs):
     models: list[str] = arg([], "model names under <out>/models (or model folders); empty: every saved model")
     baselines: list[str] = arg(list(BASELINES), "baselines to include")
     plot: bool = arg(True, "write f1_at_k.png")
+    results: str = arg("", "where evaluation.{json,md} and f1_at_k.png go: a folder or a URI prefix "
+                           "(s3://bucket/reports/run-1); empty: <out>")
 
 
 @dataclasses.dataclass
@@ -141,7 +144,10 @@ def markdown_table(results: dict[str, dict[str, float]], ks: tuple[int, ...] = (
     return "\n".join(lines)
 
 
-def plot_f1(results: dict[str, dict[str, float]], path: Path) -> None:
+def plot_f1(results: dict[str, dict[str, float]], path: str | Path) -> None:
+    """F1@k per model as a PNG at `path` (a local path or a URI)."""
+    import io
+
     import matplotlib
 
     matplotlib.use("Agg")
@@ -158,8 +164,10 @@ def plot_f1(results: dict[str, dict[str, float]], path: Path) -> None:
     ax.legend(fontsize=7, ncol=2)
     ax.set_title("F1@k on the test split")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
     plt.close(fig)
+    uri.write_bytes(path, png.getvalue())
 
 
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
@@ -184,20 +192,20 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     split_sizes = _split_sizes(cfg.out)
     report = {**results, "split": split_sizes,
               "subsets": {f"users with <= {COLD_MAX_TRAIN_POSTS} training posts": cold_results}}
-    out = Path(cfg.out)
-    write_json(out / "evaluation.json", report)
+    out = cfg.results or cfg.out
+    write_json(uri.join(out, "evaluation.json"), report)
     md = ["# Evaluation", "", f"Test posts: {len(ts.post_ids)}; tags: {len(ts.tags)}; split: {split_sizes}", "",
           markdown_table(results), ""]
     if cold_results:
         md += [f"## Users with <= {COLD_MAX_TRAIN_POSTS} training posts ({int(cold.sum())} test posts)", "",
                markdown_table(cold_results), ""]
-    (out / "evaluation.md").write_text("\n".join(md))
+    uri.write_bytes(uri.join(out, "evaluation.md"), "\n".join(md).encode())
     if cfg.plot and results:
-        plot_f1(results, out / "f1_at_k.png")
+        plot_f1(results, uri.join(out, "f1_at_k.png"))
     print(markdown_table(results, ks=(1, 5, 10)))
     return {"models": sorted(results), "test_posts": len(ts.post_ids),
             "f1@5": {k: round(v["f1@5"], 4) for k, v in results.items()},
-            "outputs": [str(out / "evaluation.json"), str(out / "evaluation.md")]}
+            "outputs": [uri.join(out, "evaluation.json"), uri.join(out, "evaluation.md")]}
 
 
 def _split_sizes(out: str | Path) -> dict[str, Any]:

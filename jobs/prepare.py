@@ -151,7 +151,7 @@ def make_split(posts: pa.Table, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFr
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
-    posts = read_posts(cfg.posts_path(), columns=["post_id", "user_id", "item_id", "tags"])
+    posts = read_posts(cfg.posts_uri(), columns=["post_id", "user_id", "item_id", "tags"])
     splits, report = make_split(posts, cfg)
     folder = Path(cfg.out) / "split"
     folder.mkdir(parents=True, exist_ok=True)

@@ -298,6 +298,12 @@ class TrainWorker:
         self.fail_at, self.fail_marker = fail_at, fail_marker
         self.trainer: BPRTrainer | MultiLabelTrainer | None = None
 
+    def node(self) -> str:
+        """The Ray node this worker runs on."""
+        from jobs._ray import node_id
+
+        return node_id()
+
     def address(self) -> str:
         import ray
 
@@ -399,28 +405,42 @@ class RayEngine:
             self.slot = np.where(shared, np.cumsum(shared) - 1, -1).astype(np.int64)
         self.restarts = 0
         self.workers: list[Any] = []
+        self.group: Any = None
+        self.nodes: list[str] = []     # Ray node of each rank
         self._start()
 
     def _start(self) -> None:
         import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         device = self.device
+        # One bundle per worker, spread over the nodes where they fit (on one node they share it):
+        # a node lost costs fewer workers' memory, and each node's CPUs/GPU serve one worker.
+        bundle = {"CPU": 1.0, **({"GPU": 1.0} if device == "cuda" else {})}
+        self.group = placement_group([bundle] * self.world, strategy="SPREAD")
+        ray.get(self.group.ready())
         actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=0)(TrainWorker)
         state = self.model.state_dict()
         hp = self.model.hyperparameters
-        self.workers = [actor.remote(r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.opts,
-                                     self.total, self.slot, device, self.cfg.fail_at, str(self.marker),
-                                     self.keys[r], self.optimizer)
+        self.workers = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, r)).remote(
+                            r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.opts, self.total,
+                            self.slot, device, self.cfg.fail_at, str(self.marker), self.keys[r], self.optimizer)
                         for r in range(self.world)]
+        self.nodes = ray.get([w.node.remote() for w in self.workers])
         addr = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr) for w in self.workers])
 
     def _stop(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         """Summed loss and samples over workers; restarts from the last epoch if a worker dies."""
@@ -548,9 +568,10 @@ def _hp(model: Any, opts: BPRConfig | MultiLabelConfig) -> dict[str, Any]:
 
 
 def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int, device: str,
-        ckpt: Checkpoints | None) -> tuple[Any, list[dict]]:
+        ckpt: Checkpoints | None, nodes: list[str] | None = None) -> tuple[Any, list[dict]]:
     """Train one model (BPR: bpr.epochs epochs; multi-label: `train_opts`), resuming from ckpt
-    (weights and optimizer state); (model, per-epoch history)."""
+    (weights and optimizer state); (model, per-epoch history). `nodes` gets the Ray node of each
+    worker (with --num-workers)."""
     # With Ray workers the driver only mirrors the model (checkpoints, validation): CPU is enough.
     model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 else device)
     if model.kind == "factorization":  # centres from all training posts, before workers copy the state
@@ -570,6 +591,8 @@ def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: in
             rate = n / (time.perf_counter() - t0)
             _end_epoch(model, data, opts, epoch, loss / max(n, 1), rate, history, ckpt, engine.optimizer_state())
     finally:
+        if nodes is not None:
+            nodes[:] = getattr(engine, "nodes", [])
         engine.close()
     return model, history
 
@@ -634,7 +657,8 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     fp = _fingerprint(name, hp, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
     ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
     t0 = time.perf_counter()
-    model, history = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
+    nodes: list[str] = []
+    model, history = fit(name, data, cfg, bpr, sn_dim, device, ckpt, nodes)
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
     training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid}
@@ -644,8 +668,14 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     recsys_io.save(model, out_dir, {"tags": data.tags.tolist(), "user_ids": data.user_ids, "item_ids": data.item_ids,
                                     "views": views, "metrics": metrics, "training": training,
                                     "split": {"dir": str(_split_dir(cfg)), **data.dropped}})
-    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": opts.epochs, "lr": opts.lr,
-            "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": opts.epochs, "lr": opts.lr,
+               "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
+    if nodes:   # Ray workers: which node trained which rank; the driver saved the model
+        from jobs._ray import placement
+
+        summary["placement"] = placement(workers={n: nodes.count(n) for n in set(nodes)})
+        summary["placement"]["node_of_rank"] = nodes
+    return summary
 
 
 def _check_ml_flags(cfg: TrainConfig) -> None:

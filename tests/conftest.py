@@ -99,3 +99,17 @@ def s3_env(s3_server, monkeypatch):
     use()
     yield use
     uri.clear_cache()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server, s3_proxy):
+    """Three Ray nodes on this machine: head (1 CPU, `store`), two workers (1 CPU and `pool` each).
+
+    Every node's processes read S3 through s3_proxy as user admin (so tests can fail reads on
+    any node). Jobs join it with `--ray-address ray_cluster.address`.
+    """
+    from _ray_cluster import start_cluster, stop_cluster
+
+    lc = start_cluster({**s3_server.env("admin", s3_proxy.url), "TAGREC_IO_BACKOFF_S": "0.05"})
+    yield lc
+    stop_cluster(lc)

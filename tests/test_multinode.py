@@ -1,0 +1,105 @@
+"""Jobs on a Ray cluster of three nodes on this machine (tests/_ray_cluster.py): each job's outputs
+equal the single-node run's, and its summary says which node did what (the test checks placement).
+
+The single-node reference runs in this process on the session's local Ray (`ray_local`); the
+cluster runs are subprocesses joining with --ray-address, as a `ray job submit` driver on the head.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from featurestore import Store
+
+PY = sys.executable
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """A tiny synthetic archive (no images) with its split: 30 users, 120 posts."""
+    from jobs.prepare import PrepareConfig
+    from jobs.prepare import run as prepare
+    from jobs.synth import SynthConfig
+    from jobs.synth import run as synth
+
+    out = tmp_path_factory.mktemp("mn")
+    synth(SynthConfig(out=str(out), num_users=30, num_posts=120, num_tags=12, images=False, seed=5))
+    prepare(PrepareConfig(out=str(out), seed=5))
+    return out
+
+
+def cluster_job(stage: str, cluster, env_extra: dict | None = None, *args: str, out: Path) -> dict:
+    """Run `python -m jobs.<stage> --ray-address <cluster>` as a driver on the head; its summary."""
+    import os
+
+    from _ray_cluster import clean_env
+
+    env = clean_env({**os.environ, **(env_extra or {}),
+                     "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))})
+    done = subprocess.run([PY, "-m", f"jobs.{stage}", "--ray-address", cluster.address, "--out", str(out), *args],
+                          env=env, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "reports" / f"{stage}.summary.json").read_text())
+
+
+def check_driver_on_store_node(summary: dict, cluster) -> dict:
+    pl = summary["placement"]
+    assert pl["driver"] == {"node": cluster.head, "holds_store": True}
+    assert set(pl["nodes"]) == {cluster.head, *cluster.workers}
+    return pl
+
+
+def test_embed_users_walks_spread_over_nodes_and_vectors_equal_single_node(archive, ray_cluster, ray_local,
+                                                                           tmp_path):
+    from jobs.embed_users import EmbedUsersConfig
+    from jobs.embed_users import run as embed
+
+    flags = {"walk_length": 10, "walks_per_node": 4, "dim": 8, "window": 3, "sg_workers": 1, "shards": 9}
+    ref = embed(EmbedUsersConfig(out=str(archive), store=str(tmp_path / "ref"), seed=5, **flags))
+    assert set(ref["placement"]["walks"]) == {ref["placement"]["driver"]["node"]}      # one node
+    args = [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    got = cluster_job("embed_users", ray_cluster, None, "--posts", str(archive / "archive" / "posts.parquet"),
+                      "--edges", str(archive / "archive" / "edges.parquet"), "--store", str(tmp_path / "mn"),
+                      "--seed", "5", *args, out=tmp_path / "run")
+    pl = check_driver_on_store_node(got, ray_cluster)
+    walks = pl["walks"]
+    assert sum(walks.values()) == sum(ref["placement"]["walks"].values())
+    assert set(walks) <= {ray_cluster.head, *ray_cluster.workers} and set(walks) & set(ray_cluster.workers), walks
+    assert len(walks) >= 2, f"walk tasks all ran on one node: {walks}"
+    assert pl["skipgram_and_writes"] == {ray_cluster.head: got["written"]}
+    a = Store.open(tmp_path / "ref", readonly=True).reader("user/node2vec@1")
+    b = Store.open(tmp_path / "mn", readonly=True).reader("user/node2vec@1")
+    ids = a.ids()
+    np.testing.assert_array_equal(ids, b.ids())
+    va, _ = a.get_many(ids, dtype=None)
+    vb, _ = b.get_many(ids, dtype=None)
+    assert va.tobytes() == vb.tobytes()                 # bit-identical vectors (--sg-workers 1)
+
+
+def test_train_two_workers_on_two_nodes_equal_the_single_node_run(archive, ray_cluster, ray_local, tmp_path):
+    import torch
+
+    from jobs.train import TrainConfig
+    from jobs.train import run as train
+    from models.recsys import load
+
+    flags = {"model": "PITF", "num_workers": 2, "epochs": 3, "dim": 8}
+    ref = train(TrainConfig(out=str(archive), split=str(archive / "split"), seed=5, **flags))
+    ref_pl = ref["models"]["PITF"]["placement"]
+    assert len(ref_pl["node_of_rank"]) == 2 and len(set(ref_pl["node_of_rank"])) == 1    # one node
+    args = [a for k, v in flags.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    got = cluster_job("train", ray_cluster, None, "--split", str(archive / "split"), "--seed", "5", *args,
+                      out=tmp_path / "run")
+    pl = check_driver_on_store_node(got["models"]["PITF"], ray_cluster)
+    ranks = pl["node_of_rank"]
+    assert len(ranks) == 2 and len(set(ranks)) == 2, f"both workers on one node: {ranks}"
+    a, b = load(archive / "models" / "PITF"), load(tmp_path / "run" / "models" / "PITF")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k

@@ -30,8 +30,10 @@ if TYPE_CHECKING:   # decoding to tensors imports torch lazily (the numpy path d
     import torch
 
 # Why an image failed; `decode-error` is the catch-all for a decoder exception we did not expect.
+# `denied` and `read-failed` (a transient error that outlasted the retries) come from reading
+# images through object stores (jobs/_image_io.py).
 REASONS = ("missing", "empty", "unreadable", "too-large", "not-an-image", "too-many-pixels",
-           "truncated", "corrupt", "decode-error")
+           "truncated", "corrupt", "decode-error", "denied", "read-failed")
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 JPEG_FORMATS = ("JPEG", "MPO")
 

@@ -80,17 +80,20 @@ def _kernel_worker(work: str, model_dir: str, k: int, part: int, parts: int, n_m
 
     from featurestore import Store
     from jobs import score as J
+    from jobs._score_plan import read_posts_sorted
     from models import scoring as S
+    from models.csr import take_rows
     from models.recsys import load
-    from models.recsys.saved import IdIndex, feature_views, id_vocab, tag_vocabulary
+    from models.recsys.data import IdIndex
+    from models.recsys.saved import feature_views, id_vocab, tag_vocabulary
 
     torch.set_num_threads(1)  # as in a Ray worker with num_cpus=1
     model = load(model_dir)
     tm = np.ascontiguousarray(model.tag_matrix(), np.float32)
-    posts = J.read_posts_sorted(J.ScoreConfig(out=work), tag_vocabulary(model))  # as the job reads them
+    posts = read_posts_sorted(J.ScoreConfig(out=work), tag_vocabulary(model))  # as the job reads them
     rows = np.array_split(np.arange(min(n_max, len(posts["post_id"]))), parts)[part]
     uid, iid = posts["user_id"][rows], posts["item_id"][rows]
-    indptr, indices = J._sub_csr(posts["indptr"], posts["indices"], rows)  # --exclude-own-tags, as the job
+    indptr, indices = take_rows(posts["indptr"], posts["indices"], rows)  # --exclude-own-tags, as the job
     store = Store.open(Path(work) / "store", readonly=True)
     feats = {f: store.reader(v).get_many(iid) for f, v in feature_views(model).items()}
     uindex = IdIndex(id_vocab(model, "user"))
@@ -135,6 +138,7 @@ def check_sample(work: Path, model_dir: Path, k: int, n_sample: int = 300, seed:
 
     from jobs.features import gather
     from models import scoring as S
+    from models.csr import csr_from_lists
     from models.recsys import load
     from models.recsys.saved import feature_views
 
@@ -147,11 +151,11 @@ def check_sample(work: Path, model_dir: Path, k: int, n_sample: int = 300, seed:
     pos = {p: i for i, p in enumerate(posts.column("post_id").to_numpy())}
     rows = posts.take(pa.array([pos[p] for p in got_rows["post_id"]])).to_pydict()
     uid, iid = np.array(rows["user_id"]), np.array(rows["item_id"])
-    batch = gather(work / "store", uid, iid, views=feature_views(model))
+    batch, _ = gather(work / "store", uid, iid, views=feature_views(model))
     batch["user_index"] = np.array([{u: i for i, u in enumerate(model.user_ids)}.get(u, -1) for u in uid])
     batch["item_index"] = np.full(len(uid), -1)
     pv, tm = model.post_vectors(batch), model.tag_matrix()
-    ip, ix = S.csr_from_lists([[vocab[t] for t in ts if t in vocab] for ts in rows["tags"]])
+    ip, ix = csr_from_lists([[vocab[t] for t in ts if t in vocab] for ts in rows["tags"]])
     want = S.topk_reference(pv, tm, k, ip, ix)
     same = 0
     for r in range(len(uid)):

@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.recsys import get_model  # noqa: E402
-from models.recsys.bpr import BPRConfig, BPRTrainer, PostData, bpr_step_autograd, bpr_step_fused  # noqa: E402
+from models.recsys.bpr import BPRConfig, BPRTrainer, bpr_step_autograd, bpr_step_fused  # noqa: E402
+from models.recsys.data import PostData  # noqa: E402
 
 
 def random_posts(n_posts: int, n_users: int, n_items: int, n_tags: int, seed: int = 0) -> PostData:

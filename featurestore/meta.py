@@ -16,6 +16,7 @@ from typing import Any
 
 from featurestore.codec import ValueCodec
 from featurestore.errors import StoreError
+from models import views as _views
 
 MAGIC = "tagrec-featurestore"
 FORMAT_VERSION = 1
@@ -46,16 +47,16 @@ def view_key(name: str) -> bytes:
 
 def topk_view(model_id: str) -> str:
     """The view holding a recommender's top-k tags per post: post/topk@<model id>."""
-    return check_view_name(f"post/topk@{model_id}")
+    return check_view_name(f"{_views.TOPK_VIEW_PREFIX}{model_id}")
 
 
 @dataclass(frozen=True)
 class DefaultViews:
-    """Default view names every job uses unless told otherwise (interfaces.md)."""
+    """Default view names every job uses unless told otherwise (their one home: models/views.py)."""
 
-    IC: str = "image/vgg16@1"      # VGG16 GAP, 512-d, by item_id
-    OD: str = "image/yolo@1"       # YOLO per-class max prob, 80-d, by item_id
-    SN: str = "user/node2vec@1"    # node2vec, by user_id
+    IC: str = _views.IC_VIEW      # VGG16 GAP, 512-d, by item_id
+    OD: str = _views.OD_VIEW      # YOLO per-class max prob, 80-d, by item_id
+    SN: str = _views.SN_VIEW      # node2vec, by user_id
 
     def topk_view(self, model_id: str) -> str:
         return topk_view(model_id)

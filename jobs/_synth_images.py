@@ -1,4 +1,4 @@
-"""Pixels and features for the synthetic archive (`jobs.synth`, issue 2).
+"""Pixels and features for the synthetic archive (`jobs.synth`).
 
 Every tag has a *visual signature*: a palette of three colours, a background texture
 (stripes, checker, noise, gradient, rings) with a period and an angle, and a shape
@@ -11,8 +11,8 @@ noise image and noise-only features, the same for every such post.
 
 Rendering is a paletted ("P" mode) PIL image: numpy computes one uint8 texture plane
 by broadcasting a row against a column (no per-pixel Python), PIL draws the shapes
-and converts the palette to RGB in C. About 1 ms per 500x375 image plus the JPEG
-encoder on one core. `render_many` runs slices of image specs in a process pool.
+and converts the palette to RGB in C, so an image costs little beyond the JPEG encoder
+(benchmarks/results/design-measurements.md). `render_many` runs slices of image specs in a process pool.
 
 `synthetic_features` is the `--no-images` shortcut: VGG16-like (512-d, ReLU) and
 YOLO-like (80-d, probabilities) vectors with the same tag dependence, written straight
@@ -30,12 +30,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from models.views import IC_DIM, OD_DIM
+
 TEXTURES = ("stripes", "checker", "noise", "gradient", "rings")
 SHAPES = ("circle", "rectangle", "triangle")
 MAX_TAGS = 6          # tags per post, so at most 6 signatures per image
-IC_DIM, OD_DIM = 512, 80
 _BG_LEVELS = 128      # palette indices 0..127: the background gradient; 128..: shape colours
-# Below this many images one process is faster than starting a spawn pool (~1 s of imports).
+# Below this many images one process is faster than starting a spawn pool (its imports take a while).
 POOL_MIN_IMAGES = 1000
 
 

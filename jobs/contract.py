@@ -1,4 +1,4 @@
-"""The data contract: what users bring, validated the same way by every job (issue 2).
+"""The data contract: what users bring, validated the same way by every job.
 
 posts.parquet
     post_id int64 (unique, non-null), user_id int64 (non-null), image string (path or URI

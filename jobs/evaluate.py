@@ -16,14 +16,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from featurestore import uri
 from jobs._cli import ArchiveArgs, SplitArgs, arg, main_for, write_json
 from jobs.errors import JobError
+from jobs.posts import tag_csr, tag_rows, tag_vocabulary
 from jobs.prepare import read_split
 from models.baselines import BASELINES, get_baseline
-from models.metrics import METRICS, metrics_at_k, select_rows
+from models.csr import take_rows
+from models.metrics import METRICS, metrics_at_k
+from models.recsys.data import IdIndex, index_of
 
 log = logging.getLogger("jobs.evaluate")
 
@@ -56,32 +58,14 @@ class TestSet:
     train_posts_per_user: np.ndarray  # aligned with train_user_ids
 
 
-def _tag_index(vocab: np.ndarray, tags: pa.ChunkedArray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR (indptr, indices) of a list<string> column against a sorted vocabulary; unknown tags dropped."""
-    import pyarrow.compute as pc
-
-    lengths = pc.list_value_length(tags).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = np.asarray(pc.list_flatten(tags).to_numpy(zero_copy_only=False), dtype=object).astype(str)
-    idx = np.searchsorted(vocab, flat)
-    idx = np.clip(idx, 0, len(vocab) - 1)
-    known = vocab[idx] == flat if len(vocab) else np.zeros(len(flat), bool)
-    rows = np.repeat(np.arange(len(lengths)), lengths)[known]
-    counts = np.bincount(rows, minlength=len(lengths))
-    indptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    return indptr, idx[known].astype(np.int64)
-
-
 def load_test_set(out: str | Path) -> tuple[TestSet, dict[str, np.ndarray]]:
     """The test set, and the training (user_id, tag index) pairs the baselines fit on."""
     train, test = read_split(out, "train"), read_split(out, "test")
-    import pyarrow.compute as pc
-
-    vocab = np.unique(np.asarray(pc.list_flatten(train.column("tags")).to_numpy(zero_copy_only=False), dtype=str))
-    tr_ptr, tr_idx = _tag_index(vocab, train.column("tags"))
+    vocab = tag_vocabulary(train.column("tags"))
+    tr_ptr, tr_idx, _ = tag_csr(train.column("tags"), vocab)
     tr_users = train.column("user_id").to_numpy()
     users, counts = np.unique(tr_users, return_counts=True)
-    te_ptr, te_idx = _tag_index(vocab, test.column("tags"))
+    te_ptr, te_idx, _ = tag_csr(test.column("tags"), vocab)
     ts = TestSet(vocab.tolist(), test.column("post_id").to_numpy(), test.column("user_id").to_numpy(),
                  test.column("item_id").to_numpy(), te_ptr, te_idx, users, counts)
     pairs = {"user_id": np.repeat(tr_users, np.diff(tr_ptr)), "tag_index": tr_idx}
@@ -89,31 +73,26 @@ def load_test_set(out: str | Path) -> tuple[TestSet, dict[str, np.ndarray]]:
 
 
 def baseline_topk(name: str, ts: TestSet, pairs: dict[str, np.ndarray]) -> np.ndarray:
-    users = ts.train_user_ids
-    model = get_baseline(name, len(ts.tags), len(users)).fit(np.searchsorted(users, pairs["user_id"]),
-                                                            pairs["tag_index"])
-    uidx = np.searchsorted(users, ts.user_ids)
-    uidx = np.where((uidx < len(users)) & (users[np.clip(uidx, 0, len(users) - 1)] == ts.user_ids), uidx, -1)
-    return model.recommend(uidx, K_MAX)
+    users = IdIndex(ts.train_user_ids)
+    model = get_baseline(name, len(ts.tags), len(users)).fit(users(pairs["user_id"]), pairs["tag_index"])
+    return model.recommend(users(ts.user_ids), K_MAX)
 
 
 def model_topk(model_dir: Path, ts: TestSet, store: Path) -> np.ndarray:
     """Top-10 tag indices (in the evaluation vocabulary) of a saved recommender on the test posts."""
-    from jobs.features import gather
+    from jobs.features import FeatureReader
     from models.recsys import load
     from models.recsys.evaluate import topk_tags
-    from models.recsys.saved import feature_views, id_vocab, index_of, tag_vocabulary
+    from models.recsys.saved import feature_views, id_vocab
+    from models.recsys.saved import tag_vocabulary as model_tags
 
     model = load(model_dir)
-    batch = gather(store, ts.user_ids, ts.item_ids, views=feature_views(model))
+    batch, _ = FeatureReader(store, feature_views(model)).read(ts.user_ids, ts.item_ids)
     batch["user_index"] = index_of(id_vocab(model, "user"), ts.user_ids)
     batch["item_index"] = index_of(id_vocab(model, "item"), ts.item_ids)
     top = topk_tags(model, batch, K_MAX)  # (n, <=K) indices into the model's vocabulary
     # Map the model's tag vocabulary onto the evaluation vocabulary (both from the same train split).
-    vocab = np.asarray(ts.tags)
-    mtags = np.asarray(tag_vocabulary(model))
-    pos = np.clip(np.searchsorted(vocab, mtags), 0, max(len(vocab) - 1, 0))
-    mapped = np.where(vocab[pos] == mtags, pos, -1)
+    mapped = tag_rows(ts.tags, model_tags(model))
     out = np.full((len(ts.post_ids), K_MAX), -1, dtype=np.int64)
     out[:, : top.shape[1]] = mapped[top]
     return out
@@ -187,7 +166,7 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     for name, topk in topks.items():
         results[name] = metrics_at_k(topk, ts.indptr, ts.indices)
         if cold.any():
-            ptr, idx = select_rows(ts.indptr, ts.indices, cold)
+            ptr, idx = take_rows(ts.indptr, ts.indices, cold)
             cold_results[name] = metrics_at_k(topk[cold], ptr, idx)
     split_sizes = _split_sizes(cfg.out)
     report = {**results, "split": split_sizes,

@@ -1,4 +1,4 @@
-"""Batch top-k tag scoring of every post, for search indexing (issue 7): `python -m jobs.score`.
+"""Batch top-k tag scoring of every post, for search indexing: `python -m jobs.score`.
 
     resolve model → check its feature views → select posts (all / untagged / list)
     → skip shards already in post/topk@<model id> → Ray tasks over post-id-range shards
@@ -6,7 +6,7 @@
     → driver, the single writer: Parquet part file, then the store view
 
 Each task opens the store read-only (reader handles open lazily in the worker), reads
-the user and image vectors of its posts in batches (`jobs.features.gather`), scores all tags
+the user and image vectors of its posts in batches (`jobs.features.FeatureReader`), scores all tags
 with the saved model (`post_vectors(batch) @ tag_matrix().T`), keeps the top k with
 `models.scoring` and recomputes those k scores batch-invariantly (`rescore`), so a post's
 bytes do not depend on which batch or run scored it.
@@ -35,32 +35,20 @@ Part files of another model id, k or --shard-size are removed and rebuilt from t
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
-from featurestore.errors import StoreError
-from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
+from jobs._cli import ArchiveArgs, RayArgs, arg, main_for
 from jobs._progress import Progress
-from jobs.errors import InputError, JobError
-from models.errors import ModelError
-from models.recsys.saved import IdIndex, feature_views, id_vocab, tag_vocabulary, uses_item_factor
+from jobs._score_plan import plan
+from jobs._score_task import FLAG_NAMES, ShardTasks
+from jobs._score_write import Shard, ShardWriter, shards
 
 log = logging.getLogger("jobs.score")
-
-FLAG_NO_IC, FLAG_NO_OD, FLAG_NO_USER_VECTOR, FLAG_UNSEEN_USER, FLAG_UNSEEN_ITEM = 1, 2, 4, 8, 16
-FLAG_NAMES = {FLAG_NO_IC: "no_ic", FLAG_NO_OD: "no_od", FLAG_NO_USER_VECTOR: "no_user_vector",
-              FLAG_UNSEEN_USER: "unseen_user", FLAG_UNSEEN_ITEM: "unseen_item"}
-FEATURE_FLAG = {"ic": FLAG_NO_IC, "od": FLAG_NO_OD, "sn": FLAG_NO_USER_VECTOR}
-# The store views a feature comes from unless the model's model.json names others.
 
 
 @dataclasses.dataclass
@@ -83,457 +71,38 @@ class ScoreConfig(ArchiveArgs, RayArgs):
     task_gpus: float = arg(0.0, "GPUs per Ray task (0: CPU scoring)")
 
 
-# --------------------------------------------------------------------------- model
-
-
-def resolve_model_dir(cfg: ScoreConfig) -> Path:
-    """The model folder: --model as a path, else <out>/models/<name>; ModelError if absent."""
-    p = Path(cfg.model)
-    if not (p / "model.json").is_file():
-        p = Path(cfg.out) / "models" / cfg.model
-    if not (p / "model.json").is_file() or not (p / "weights.safetensors").is_file():
-        root = Path(cfg.out) / "models"
-        have = sorted(d.name for d in root.iterdir() if (d / "model.json").is_file()) if root.is_dir() else []
-        raise ModelError(f"unknown model {cfg.model!r}: no model.json + weights.safetensors there or under "
-                         f"{root} (saved models: {have or 'none'}); train one with python -m jobs.train")
-    return p
-
-
-def load_model(model_dir: Path) -> Any:
-    """The saved recommender (`models.recsys.load`), with .meta, .tags, .user_ids, .item_ids."""
-    from models.recsys import load
-
-    return load(model_dir)
-
-
-def model_id(model: Any, model_dir: Path) -> str:
-    """Name plus a digest of the weights: retraining the model means a new view version."""
-    meta = getattr(model, "meta", {}) or {}
-    digest = meta.get("weights_sha256")
-    if not digest:
-        h = hashlib.sha256()
-        with open(model_dir / "weights.safetensors", "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        digest = h.hexdigest()
-    return f"{meta.get('name') or model_dir.name}-{digest[:12]}"
-
-
-# --------------------------------------------------------------------------- posts
-
-
-def read_posts_sorted(cfg: ScoreConfig, vocab: list[str]) -> dict[str, np.ndarray]:
-    """Every post of the archive sorted by post_id: post_id, user_id, item_id, `selected` (the
-    posts --which asks for), and own tags as CSR (indptr, indices into the model's vocabulary;
-    tags the model does not know are dropped). Shards are cut over all posts, not only the
-    selected ones, so every run sees the same shards."""
-    from jobs.contract import iter_posts
-
-    path = cfg.posts_path()
-    if not path.is_file():
-        raise InputError(f"posts file {path} does not exist; pass --posts or run python -m jobs.synth")
-    # Streamed: each row group's tags become CSR indices (int32) at once, so the archive's tag
-    # strings are never held whole (at 10^7 posts the Arrow tags column and its sorted copy
-    # cost ~2.6 GB in the driver, issue 9); only compact int arrays are kept.
-    value_set = pa.array(vocab, pa.string())
-    n = pq.ParquetFile(path).metadata.num_rows        # preallocated: no list of parts + concatenated copy
-    out = {c: np.empty(n, np.int64) for c in ("post_id", "user_id", "item_id")}
-    row_len, n_tags = np.empty(n, np.int64), np.empty(n, np.int64)
-    indices, at = [], 0
-    for b in iter_posts(path, columns=("post_id", "user_id", "item_id", "tags")):
-        m = b.num_rows
-        for c in out:
-            out[c][at:at + m] = b.column(c).to_numpy(zero_copy_only=False)
-        tags = b.column("tags")
-        ip, ix = _own_tag_csr(tags, value_set)
-        row_len[at:at + m] = np.diff(ip)
-        n_tags[at:at + m] = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-        indices.append(ix)
-        at += m
-    flat = np.concatenate(indices).astype(np.int32, copy=False) if indices else np.zeros(0, np.int32)
-    selected = _selection(cfg, out["post_id"], n_tags)
-    indptr = np.zeros(len(row_len) + 1, np.int64)
-    np.cumsum(row_len, out=indptr[1:])
-    if len(out["post_id"]) > 1 and not bool((np.diff(out["post_id"]) > 0).all()):  # not yet sorted
-        order = np.argsort(out["post_id"], kind="stable")
-        out = {c: v[order] for c, v in out.items()}
-        selected = selected[order]
-        indptr, flat = _sub_csr(indptr, flat, order)
-    out["selected"] = selected
-    out["indptr"], out["indices"] = indptr, flat
-    return out
-
-
-def _selection(cfg: ScoreConfig, post_ids: np.ndarray, n_tags: np.ndarray) -> np.ndarray:
-    if cfg.which == "all":
-        return np.ones(len(post_ids), bool)
-    if cfg.which == "untagged":
-        return n_tags == 0
-    want = read_post_ids_file(cfg.post_ids_file)
-    keep = np.isin(post_ids, want)
-    missing = np.setdiff1d(want, post_ids)
-    if len(missing):
-        raise InputError(f"--post-ids-file {cfg.post_ids_file}: {len(missing)} post id(s) not in "
-                         f"{cfg.posts_path()}, e.g. {missing[:5].tolist()}; remove them or fix --posts")
-    return keep
-
-
-def read_post_ids_file(path: str) -> np.ndarray:
-    """Post ids from a .parquet (post_id column) or a text file (one integer per line)."""
-    if not path:
-        raise InputError("--which list needs --post-ids-file FILE (one post id per line, or a parquet post_id column)")
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"--post-ids-file {path} does not exist")
-    if p.suffix == ".parquet":
-        t = pq.read_table(p)
-        if "post_id" not in t.column_names:
-            raise InputError(f"--post-ids-file {path} has no post_id column (found {t.column_names})")
-        return np.unique(t.column("post_id").to_numpy().astype(np.int64))
-    lines = [s.strip() for s in p.read_text().splitlines() if s.strip()]
-    try:
-        return np.unique(np.array([int(s) for s in lines], dtype=np.int64))
-    except ValueError:
-        bad = next(s for s in lines if not s.lstrip("-").isdigit())
-        raise InputError(f"--post-ids-file {path}: {bad!r} is not a post id (one integer per line)") from None
-
-
-def _own_tag_csr(tags: pa.Array, vocab: list[str] | pa.Array) -> tuple[np.ndarray, np.ndarray]:
-    """list<string> -> CSR (indptr int64 (n+1,), indices int32) over the model's vocabulary."""
-    lens = pc.fill_null(pc.list_value_length(tags), 0).to_numpy(zero_copy_only=False)
-    value_set = vocab if isinstance(vocab, pa.Array) else pa.array(vocab, pa.string())
-    idx = pc.index_in(pc.list_flatten(tags), value_set=value_set)
-    known = pc.is_valid(idx).to_numpy(zero_copy_only=False)
-    row = np.repeat(np.arange(len(lens)), lens)[known]
-    indices = pc.drop_null(idx).to_numpy(zero_copy_only=False).astype(np.int32)
-    indptr = np.zeros(len(lens) + 1, np.int64)
-    np.cumsum(np.bincount(row, minlength=len(lens)), out=indptr[1:])
-    return indptr, indices
-
-
-# --------------------------------------------------------------------------- task
-
-
-_STORES: dict[str, Any] = {}  # store path -> read-only Store, opened once per worker process
-
-
-def gather_features(store_path: str, user_ids: np.ndarray, item_ids: np.ndarray,
-                    views: dict[str, str]) -> dict[str, np.ndarray]:
-    """Feature part of a batch, the contract of `jobs.features.gather`: f (n, dim) float32,
-    has_f (n,) bool, zero vectors and has_f False where the store has none.
-
-    Unlike `gather` it opens the store once per worker process and reads each shard's ids
-    as they come (no per-batch unique). Tested equal to `jobs.features.gather`.
-    """
-    from featurestore import Store
-    from jobs.features import KEYED_BY, read_vectors
-
-    if store_path not in _STORES:
-        _STORES[store_path] = Store.open(store_path, create=False, readonly=True)
-    store = _STORES[store_path]
-    batch: dict[str, np.ndarray] = {}
-    for f, view in views.items():
-        ids = item_ids if KEYED_BY[f] == "item" else user_ids
-        batch[f], batch[f"has_{f}"] = read_vectors(store.reader(view), ids)
-    return batch
-
-
-@dataclasses.dataclass
-class ScoreContext:
-    """What every task needs; put in the object store once."""
-
-    model: Any
-    tag_matrix: np.ndarray  # (T, D) float32
-    user_index: IdIndex  # user id -> row of the model's user factors (-1: unseen)
-    item_index: IdIndex
-    views: dict[str, str]
-    uses_item: bool
-    store_path: str
-    k: int
-    kernel: str
-    batch_size: int
-
-
-def score_posts(ctx: ScoreContext, user_ids: np.ndarray, item_ids: np.ndarray,
-                indptr: np.ndarray | None, indices: np.ndarray | None) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-    """Top-k of n posts: {tags (n,k) int32, scores (n,k) float32, flags (n,) uint8}, and timings."""
-    from models.scoring import rescore, topk
-
-    n, k = len(user_ids), ctx.k
-    out: dict[str, np.ndarray] = {"tags": np.empty((n, k), np.int32), "scores": np.empty((n, k), np.float32),
-                                  "flags": np.zeros(n, np.uint8)}
-    t_read = t_compute = 0.0
-    for s in range(0, n, ctx.batch_size):
-        e = min(s + ctx.batch_size, n)
-        t0 = time.perf_counter()
-        batch = gather_features(ctx.store_path, user_ids[s:e], item_ids[s:e], ctx.views)
-        t1 = time.perf_counter()
-        batch["user_index"] = ctx.user_index(user_ids[s:e])
-        batch["item_index"] = ctx.item_index(item_ids[s:e])
-        pv = np.asarray(ctx.model.post_vectors(batch), dtype=np.float32)  # (b, D)
-        ip = ix = None
-        if indptr is not None and indices is not None:
-            ip, ix = indptr[s:e + 1] - indptr[s], indices[indptr[s]:indptr[e]]
-        # rescore: the same post gives the same bytes whatever batch it was in (resume = rerun)
-        res = rescore(pv, ctx.tag_matrix, topk(pv, ctx.tag_matrix, k, ip, ix, kernel=ctx.kernel or None))
-        out["tags"][s:e], out["scores"][s:e] = res.tags, res.scores
-        out["flags"][s:e] = _flags(batch, ctx)
-        t_read += t1 - t0
-        t_compute += time.perf_counter() - t1
-    return out, {"read_s": t_read, "compute_s": t_compute}
-
-
-def _flags(batch: dict[str, np.ndarray], ctx: ScoreContext) -> np.ndarray:
-    flags = np.zeros(len(batch["user_index"]), np.uint8)
-    for f in ctx.views:
-        flags |= np.where(batch[f"has_{f}"], 0, FEATURE_FLAG[f]).astype(np.uint8)
-    flags |= np.where(batch["user_index"] < 0, FLAG_UNSEEN_USER, 0).astype(np.uint8)
-    if ctx.uses_item:
-        flags |= np.where(batch["item_index"] < 0, FLAG_UNSEEN_ITEM, 0).astype(np.uint8)
-    return flags
-
-
-def _score_shard(ctx: ScoreContext, shard: int, post_ids: np.ndarray, user_ids: np.ndarray,
-                 item_ids: np.ndarray, indptr: np.ndarray | None, indices: np.ndarray | None) -> dict[str, Any]:
-    """Ray task body: one shard's posts scored (store read-only in this worker)."""
-    from models import host_memory
-
-    # Every batch allocates and frees the same 8-60 MB buffers (reads, float32 features, score
-    # blocks); keep them in the heap rather than have glibc map and zero-fill them afresh.
-    host_memory.reuse_heap()
-    t0 = time.perf_counter()
-    res, times = score_posts(ctx, user_ids, item_ids, indptr, indices)
-    return {"shard": shard, "post_id": post_ids, **res, **times, "task_s": time.perf_counter() - t0}
-
-
-# --------------------------------------------------------------------------- writing
-
-
-def record_fields(k: int) -> dict[str, tuple[str, int]]:
-    return {"tags": ("int32", k), "scores": ("float32", k), "flags": ("uint8", 1)}
-
-
-def to_records(tags: np.ndarray, scores: np.ndarray, flags: np.ndarray) -> dict[str, np.ndarray]:
-    """Record-view values. The store refuses non-finite floats: padding slots (tag -1) store 0."""
-    return {"tags": tags, "scores": np.where(tags < 0, np.float32(0), scores).astype(np.float32),
-            "flags": flags.reshape(-1, 1)}
-
-
-def parquet_table(post_ids: np.ndarray, tags: np.ndarray, scores: np.ndarray, flags: np.ndarray,
-                  vocab: pa.Array) -> pa.Table:
-    """post_id, tags list<string> (padding dropped), scores list<float>, flags, fallback."""
-    valid = tags >= 0  # (n, k)
-    offsets = np.zeros(len(tags) + 1, np.int32)
-    np.cumsum(valid.sum(1), out=offsets[1:])
-    names = pc.take(vocab, pa.array(tags[valid].astype(np.int32)))
-    return pa.table({
-        "post_id": pa.array(post_ids, pa.int64()),
-        "tags": pa.ListArray.from_arrays(pa.array(offsets), names),
-        "scores": pa.ListArray.from_arrays(pa.array(offsets), pa.array(scores[valid], pa.float32())),
-        "flags": pa.array(flags, pa.uint8()),
-        "fallback": pa.array(flags != 0),
-    })
-
-
-def write_part(path: Path, table: pa.Table) -> None:
-    """Atomic: a killed run leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
-
-
-def part_path(out_dir: Path, first_post_id: int) -> Path:
-    return out_dir / f"part-{first_post_id:020d}.parquet"
-
-
-def prepare_out_dir(out_dir: Path, info: dict[str, Any]) -> None:
-    """Part files belong to one model id, k and shard layout: those of another are removed
-    (stale); the view is the truth, and missing part files are rebuilt from it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = out_dir / "_topk.json"
-    keys = ("model_id", "k", "shard_size")
-    if meta.is_file():
-        old = json.loads(meta.read_text())
-        if {k: old.get(k) for k in keys} != {k: info[k] for k in keys}:
-            log.info("removing part files of %s from %s", {k: old.get(k) for k in keys}, out_dir)
-            for p in out_dir.glob("part-*.parquet"):
-                p.unlink()
-    write_json(meta, info)
-
-
-# --------------------------------------------------------------------------- driver
-
-
-def check_views(store: Any, views: dict[str, str], model_name: str) -> None:
-    """StoreError naming the feature views the model reads that the store lacks."""
-    have = set(store.list_views())
-    missing = [v for v in views.values() if v not in have]
-    if missing:
-        raise StoreError(f"model {model_name} reads feature view(s) {missing} that store {store.path} lacks "
-                         f"(it has {sorted(have)}); run python -m jobs.extract / jobs.embed_users first")
-
-
-def check_same_options(store: Any, view: str, producer: dict[str, Any]) -> None:
-    """Rows of one view are all scored the same way: refuse to mix k or --exclude-own-tags settings."""
-    if view not in store.list_views():
-        return
-    old = store.describe(view).producer or {}
-    if "k" in old and old["k"] != producer["k"]:
-        raise JobError(f"view {view} holds top-{old['k']} tags; pass --k {old['k']} to resume it, "
-                       f"or drop the view (Store.drop_view) to rescore with --k {producer['k']}")
-    if "exclude_own_tags" in old and old["exclude_own_tags"] != producer["exclude_own_tags"]:
-        flag = "--exclude-own-tags" if old["exclude_own_tags"] else "--no-exclude-own-tags"
-        raise JobError(f"view {view} was scored with exclude_own_tags={old['exclude_own_tags']}; pass {flag} "
-                       f"to resume it, or drop the view (Store.drop_view) to rescore")
-
-
-def validate(cfg: ScoreConfig) -> None:
-    """Flag checks that need no files (JobError naming the flag)."""
-    for name in ("k", "shard_size", "max_in_flight", "batch_size"):
-        if getattr(cfg, name) < 1:
-            raise JobError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
-    if cfg.which == "list" and not cfg.post_ids_file:
-        read_post_ids_file("")  # raises the one-line error
-    if cfg.kernel:
-        from models.scoring import get_kernel
-
-        get_kernel(cfg.kernel)
-
-
-@dataclasses.dataclass
-class Shard:
-    """One contiguous range [start, stop) of the sorted archive posts."""
-
-    index: int
-    start: int
-    stop: int
-    done: np.ndarray  # (stop-start,) bool: already in the view
-    todo: np.ndarray  # (stop-start,) bool: selected and not done: scored by this run
-
-
-@dataclasses.dataclass
-class Plan:
-    """Everything checked and resolved before any work: model, store, view, posts."""
-
-    model_name: str
-    model_id: str
-    view: str
-    out_dir: Path
-    store: Any
-    vocab: list[str]
-    ctx: ScoreContext
-    posts: dict[str, np.ndarray]
-    read_posts_s: float
-
-
-def plan(cfg: ScoreConfig) -> Plan:
-    """Validate flags, load the model, check the store has its views, read the posts, create
-    the view and the Parquet folder. Every user error surfaces here, before any scoring."""
-    from featurestore import Store, topk_view
-
-    validate(cfg)
-    model_dir = resolve_model_dir(cfg)
-    model = load_model(model_dir)
-    vocab = tag_vocabulary(model)
-    tag_matrix = np.ascontiguousarray(model.tag_matrix(), dtype=np.float32)  # (T, D)
-    if tag_matrix.shape[0] != len(vocab):
-        raise ModelError(f"{model_dir}: tag matrix has {tag_matrix.shape[0]} rows, vocabulary {len(vocab)} tags")
-    if cfg.k > len(vocab):
-        raise ModelError(f"--k {cfg.k} exceeds the model's {len(vocab)} tags; pass --k <= {len(vocab)}")
-    store_path = cfg.store_path()
-    if not store_path.is_dir():
-        raise StoreError(f"feature store {store_path} does not exist; pass --store or run jobs.extract first")
-    store = Store.open(store_path, create=False, readonly=False)
-    views = feature_views(model)
-    check_views(store, views, model_dir.name)
-    mid = model_id(model, model_dir)
-    view = topk_view(mid)
-    t0 = time.perf_counter()
-    posts = read_posts_sorted(cfg, vocab)
-    t_posts = time.perf_counter() - t0
-    producer = {"model": model_dir.name, "model_id": mid, "k": cfg.k,
-                "exclude_own_tags": cfg.exclude_own_tags, "views": views, "tags": len(vocab)}
-    check_same_options(store, view, producer)
-    store.create_record_view(view, fields=record_fields(cfg.k), producer=producer)
-    out_dir = Path(cfg.out) / "topk" / model_dir.name
-    prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,
-                              "producer": producer})
-    ctx = ScoreContext(model, tag_matrix, IdIndex(id_vocab(model, "user")), IdIndex(id_vocab(model, "item")), views,
-                       uses_item_factor(model), str(store_path), cfg.k, cfg.kernel, cfg.batch_size)
-    return Plan(model_dir.name, mid, view, out_dir, store, vocab, ctx, posts, t_posts)
-
-
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     """Score the selected posts; returns the summary (counts, fallbacks, posts/s, time split)."""
-    import ray
-
-    from jobs._ray import init_ray
-
     t_start = time.perf_counter()
-    p = plan(cfg)
+    p = plan(cfg)  # model, views, posts: every user error before any work
     posts = p.posts
     n_sel = int(posts["selected"].sum())
     log.info("scoring %d of %d posts (%s) with %s into %s and %s", n_sel, len(posts["post_id"]), cfg.which,
              p.model_id, p.view, p.out_dir)
-    remote: list[Any] = []  # [task, ctx ref] once there is work: a run with nothing to score starts no Ray
-
-    def submit(*args: Any) -> Any:
-        if not remote:
-            init_ray(cfg.ray_address, cfg.num_cpus)
-            remote.extend([ray.remote(num_cpus=cfg.task_cpus, num_gpus=cfg.task_gpus)(_score_shard),
-                           ray.put(p.ctx)])
-        return remote[0].remote(remote[1], *args)
-
-    wr = _ShardWriter(posts, cfg, p.store.reader(p.view), p.out_dir, pa.array(p.vocab, pa.string()))
+    wr = ShardWriter(posts, cfg.k, p.store.reader(p.view), p.out_dir, pa.array(p.vocab, pa.string()))
     progress = Progress("score", total=n_sel, unit="posts")
+
+    def written(sh: Shard, res: dict[str, Any]) -> None:
+        wr.write(sh, res)
+        progress.update(int(sh.todo.sum()))
+
     with p.store.writer(p.view) as w:
         wr.w = w
-        pending: dict[Any, Shard] = {}
-
-        def drain(limit: int) -> None:  # backpressure: at most `limit` tasks stay in flight
-            while len(pending) > limit:
-                ready, _ = ray.wait(list(pending), num_returns=1)
-                for ref in ready:
-                    sh = pending.pop(ref)
-                    wr.write(sh, ray.get(ref))
-                    progress.update(int(sh.todo.sum()))
-
-        for sh in _shards(posts, cfg, w, wr):
+        tasks = ShardTasks(p.ctx, cfg.ray_address, cfg.num_cpus, cfg.task_cpus, cfg.task_gpus, cfg.max_in_flight,
+                           on_result=written)
+        for sh in shards(posts, cfg.shard_size, w, wr):
             progress.update(int((sh.done & posts["selected"][sh.start:sh.stop]).sum()))  # skipped: done before
-            if not sh.todo.any():  # nothing to score: a part file to rebuild from the view at most
-                if sh.done.any() and not wr.part(sh).is_file():
-                    wr.write(sh, None)
-                else:
-                    wr.stats["skipped_shards"] += 1
-                continue
-            rows = np.flatnonzero(sh.todo) + sh.start
-            ip = ix = None
-            if cfg.exclude_own_tags:
-                ip, ix = _sub_csr(posts["indptr"], posts["indices"], rows)
-            drain(cfg.max_in_flight - 1)
-            pending[submit(sh.index, posts["post_id"][rows], posts["user_id"][rows], posts["item_id"][rows],
-                           ip, ix)] = sh
-        drain(0)
+            if sh.todo.any():
+                tasks.submit(sh, posts, cfg.exclude_own_tags)
+            else:
+                wr.finish_unchanged(sh)
+        tasks.drain(0)
     progress.close()
     return _summary(cfg, wr, p.model_name, p.model_id, p.view, p.out_dir, n_sel, p.read_posts_s,
                     time.perf_counter() - t_start)
 
 
-def _shards(posts: dict[str, np.ndarray], cfg: ScoreConfig, w: Any, wr: _ShardWriter):
-    """Fixed ranges of the sorted archive, with what is done (in the view) and what to score."""
-    n = len(posts["post_id"])
-    for index, start in enumerate(range(0, n, cfg.shard_size)):
-        stop = min(start + cfg.shard_size, n)
-        t0 = time.perf_counter()
-        done = np.asarray(w.existing(posts["post_id"][start:stop]), bool)
-        wr.stats["resume_check_s"] += time.perf_counter() - t0
-        sel = posts["selected"][start:stop]
-        wr.stats["shards"] += 1
-        wr.stats["skipped_posts"] += int((sel & done).sum())
-        yield Shard(index, start, stop, done, sel & ~done)
-
-
-def _summary(cfg: ScoreConfig, wr: _ShardWriter, name: str, mid: str, view: str, out_dir: Path,
+def _summary(cfg: ScoreConfig, wr: ShardWriter, name: str, mid: str, view: str, out_dir: Path,
              n_sel: int, t_posts: float, wall: float) -> dict[str, Any]:
     st, fc = wr.stats, wr.flag_counts
     scored = st["scored_posts"]
@@ -554,56 +123,6 @@ def _summary(cfg: ScoreConfig, wr: _ShardWriter, name: str, mid: str, view: str,
              scored, st["skipped_posts"], wall, summary["posts_per_s"], summary["fallback_posts"],
              summary["time_s"])
     return summary
-
-
-def _sub_csr(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """CSR of the given rows (sorted), re-based to start at 0."""
-    lens = indptr[rows + 1] - indptr[rows]
-    sub_ptr = np.zeros(len(rows) + 1, np.int64)
-    np.cumsum(lens, out=sub_ptr[1:])
-    take = np.repeat(indptr[rows] - sub_ptr[:-1], lens) + np.arange(sub_ptr[-1])
-    return sub_ptr, indices[take]
-
-
-class _ShardWriter:
-    """The single writer (driver): per shard, the part file, then the store commit.
-
-    A part file holds every post of its shard that is in the view after the commit (rows a
-    previous run committed come back from the view), so it is the same whatever runs made it.
-    """
-
-    def __init__(self, posts: dict[str, np.ndarray], cfg: ScoreConfig, reader: Any, out_dir: Path,
-                 vocab: pa.Array) -> None:
-        self.posts, self.k, self.reader, self.out_dir, self.vocab = posts, cfg.k, reader, out_dir, vocab
-        self.w: Any = None
-        self.flag_counts = np.zeros(256, np.int64)
-        self.stats: dict[str, Any] = {"skipped_posts": 0, "scored_posts": 0, "write_s": 0.0, "read_s": 0.0,
-                                      "compute_s": 0.0, "resume_check_s": 0.0, "shards": 0, "skipped_shards": 0}
-
-    def part(self, sh: Shard) -> Path:
-        return part_path(self.out_dir, int(self.posts["post_id"][sh.start]))
-
-    def write(self, sh: Shard, res: dict[str, Any] | None) -> None:
-        t0 = time.perf_counter()
-        ids = self.posts["post_id"][sh.start:sh.stop]
-        keep = sh.done | sh.todo
-        n, k = len(ids), self.k
-        tags, scores, flags = np.zeros((n, k), np.int32), np.zeros((n, k), np.float32), np.zeros(n, np.uint8)
-        if res is not None:
-            tags[sh.todo], scores[sh.todo], flags[sh.todo] = res["tags"], res["scores"], res["flags"]
-        if sh.done.any():
-            old, found = self.reader.get_many(ids[sh.done])
-            if not found.all():
-                raise StoreError(f"view {self.reader.name} lost rows while scoring; re-run to resume")
-            tags[sh.done], scores[sh.done], flags[sh.done] = old["tags"], old["scores"], old["flags"][:, 0]
-        write_part(self.part(sh), parquet_table(ids[keep], tags[keep], scores[keep], flags[keep], self.vocab))
-        if res is not None:
-            self.w.put(res["post_id"], to_records(res["tags"], res["scores"], res["flags"]))
-            np.add.at(self.flag_counts, res["flags"], 1)
-            self.stats["scored_posts"] += len(res["post_id"])
-            self.stats["read_s"] += res["read_s"]
-            self.stats["compute_s"] += res["compute_s"]
-        self.stats["write_s"] += time.perf_counter() - t0
 
 
 def main() -> None:

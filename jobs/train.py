@@ -41,13 +41,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for, write_json
 from jobs._progress import Progress
 from jobs._spill import spill_dir
 from jobs.errors import JobError
 from jobs.features import MissingViewError
+from jobs.posts import post_data, tag_vocabulary
 from models.errors import ModelError, NumericalError
 from models.recsys import get_model, list_models, required_features
 from models.recsys import io as recsys_io
@@ -57,9 +57,9 @@ from models.recsys.bpr import (
     REG_GRID,
     BPRConfig,
     BPRTrainer,
-    PostData,
     check_finite,
 )
+from models.recsys.data import IdIndex, PostData
 from models.recsys.evaluate import evaluate
 from models.recsys.multilabel import TAG_REDUCTIONS, MultiLabelConfig, MultiLabelTrainer
 
@@ -123,14 +123,6 @@ class SplitData:
     dropped: dict[str, int]
 
 
-def _index(vocab: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Position of each value in the sorted vocab, -1 where absent."""
-    if not len(vocab):
-        return np.full(len(values), -1, np.int64)
-    at = np.searchsorted(vocab, values).clip(max=len(vocab) - 1)
-    return np.where(vocab[at] == values, at, -1).astype(np.int64)
-
-
 def _read(split_dir: Path, name: str) -> pa.Table:
     path = split_dir / f"{name}.parquet"
     if not path.is_file():
@@ -144,30 +136,17 @@ def _read(split_dir: Path, name: str) -> pa.Table:
     return t
 
 
-def _posts(t: pa.Table, user_ids: np.ndarray, item_ids: np.ndarray, tags: np.ndarray) -> tuple[PostData, int]:
-    """PostData of a split table; tags outside the vocabulary are dropped and counted."""
-    flat = pc.list_flatten(t["tags"]).to_numpy(zero_copy_only=False).astype(str)
-    parent = pc.list_parent_indices(t["tags"]).to_numpy()
-    tix = _index(tags, flat)
-    keep = tix >= 0
-    counts = np.bincount(parent[keep], minlength=t.num_rows)
-    indptr = np.zeros(t.num_rows + 1, np.int64)
-    np.cumsum(counts, out=indptr[1:])
-    u = t["user_id"].to_numpy().astype(np.int64)
-    i = t["item_id"].to_numpy().astype(np.int64)
-    return PostData(_index(user_ids, u), _index(item_ids, i), indptr, tix[keep], len(tags)), int((~keep).sum())
-
-
 def load_split(split_dir: Path) -> SplitData:
     """Vocabularies from train; val posts mapped onto them (unseen users/items -> -1)."""
     train, val = _read(split_dir, "train"), _read(split_dir, "val")
     if train.num_rows == 0:
         raise JobError(f"{split_dir}/train.parquet has no posts; check jobs.prepare's p-core settings")
-    tags = np.unique(pc.list_flatten(train["tags"]).to_numpy(zero_copy_only=False).astype(str))
+    tags = tag_vocabulary(train["tags"])
     user_ids = np.unique(train["user_id"].to_numpy().astype(np.int64))
     item_ids = np.unique(train["item_id"].to_numpy().astype(np.int64))
-    tr, _ = _posts(train, user_ids, item_ids, tags)
-    va, dropped = _posts(val, user_ids, item_ids, tags)
+    users, items = IdIndex(user_ids), IdIndex(item_ids)
+    tr, _ = post_data(train, users, items, tags)
+    va, dropped = post_data(val, users, items, tags)
     if dropped:
         log.info("train: dropped %d validation tags never seen in training", dropped)
     keys = lambda t: (t["user_id"].to_numpy().astype(np.int64), t["item_id"].to_numpy().astype(np.int64))  # noqa: E731
@@ -192,17 +171,17 @@ def attach_features(data: SplitData, store: Path, features: tuple[str, ...], cac
     IC + OD in float16, and in the page cache they do not count against the job's heap
     (issue 9). Validation features (one holdout post per user at most) stay in memory.
     """
-    from jobs.features import check_views, gather, last_missing
+    from jobs.features import FeatureReader, check_views
 
     info = check_views(store, features)  # errors before any work
     if features and "_spill" not in cache:
         cache["_spill"] = _spill_dir(Path(store).parent)
     for f in features:
         if f not in cache:
-            tr = gather(store, *data.train_keys, views=[f], compact=True, spill_dir=cache["_spill"].name)
-            tr_missing = last_missing.get(f, 0)
-            va = gather(store, *data.val_keys, views=[f], compact=True)
-            cache[f] = (tr, va, {"train_missing": tr_missing, "val_missing": last_missing.get(f, 0)})
+            reader = FeatureReader(store, [f])
+            tr, tr_missing = reader.read(*data.train_keys, compact=True, spill_dir=cache["_spill"].name)
+            va, va_missing = reader.read(*data.val_keys, compact=True)
+            cache[f] = (tr, va, {"train_missing": tr_missing.get(f, 0), "val_missing": va_missing.get(f, 0)})
         tr, va, counts = cache[f]
         data.train.features[f], data.train.has[f] = tr[f], tr[f"has_{f}"]
         data.val.features[f], data.val.has[f] = va[f], va[f"has_{f}"]

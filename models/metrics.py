@@ -15,6 +15,8 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
+from models.csr import take_rows
+
 METRICS = ("precision", "recall", "f1", "accuracy")
 
 
@@ -59,7 +61,7 @@ def metrics_at_k(
     n_true = np.diff(indptr)
     keep = n_true > 0
     topk, n_true = topk[keep], n_true[keep]
-    indptr, indices = select_rows(indptr, indices, keep)
+    indptr, indices = take_rows(indptr, indices, keep)
     out: dict[str, float] = {"n_posts": int(keep.sum())}
     if not keep.any():
         for k in ks:
@@ -85,15 +87,6 @@ def _dedupe_csr(indptr: np.ndarray, indices: np.ndarray) -> tuple[np.ndarray, np
     new_ptr = np.zeros(len(indptr), dtype=np.int64)
     np.cumsum(counts, out=new_ptr[1:])
     return new_ptr, pairs[:, 1].astype(np.int64)
-
-
-def select_rows(indptr: np.ndarray, indices: np.ndarray, keep: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The CSR rows where `keep` (bool, one per row) is true."""
-    lengths = np.diff(indptr)[keep]
-    mask = np.repeat(keep, np.diff(indptr))
-    new_ptr = np.zeros(len(lengths) + 1, dtype=np.int64)
-    np.cumsum(lengths, out=new_ptr[1:])
-    return new_ptr, indices[mask]
 
 
 def metrics_reference(topk: Sequence[Sequence[int]], true: Sequence[set[int]], k: int) -> dict[str, float]:

@@ -49,16 +49,6 @@ Kernel = Callable[..., TopK]
 # --------------------------------------------------------------------------- helpers
 
 
-def csr_from_lists(lists: list[list[int]] | list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    """CSR arrays `(indptr int64 (n+1,), indices int32 (nnz,))` from per-post tag-index lists."""
-    lens = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
-    indptr = np.zeros(len(lists) + 1, dtype=np.int64)
-    np.cumsum(lens, out=indptr[1:])
-    indices = (np.concatenate([np.asarray(x, dtype=np.int32) for x in lists])
-               if indptr[-1] else np.zeros(0, dtype=np.int32))
-    return indptr, indices
-
-
 def _check(posts: Any, tags: Any, k: int, indptr: Any, indices: Any) -> None:
     """Shapes and k: a ModelError naming the bad value, before any work."""
     if posts.ndim != 2 or tags.ndim != 2 or posts.shape[1] != tags.shape[1]:

@@ -28,13 +28,13 @@ from jobs.synth import SynthConfig
 from jobs.synth import run as synth
 from jobs.train import TrainConfig
 from jobs.train import run as train
+from models.views import IC_VIEW, OD_VIEW, SN_VIEW
 
 ARCHIVE = dict(num_users=1000, num_posts=8000, num_tags=200, num_communities=5, seed=0)
 TRAIN = dict(dim=32, epochs=15, lr=0.05, reg=1e-4, batch_size=1024, seed=0)
 MAIN_BASES = ("PITF", "PITF-IC-OD", "FM-IC-OD")
 ALL_BASES = ("PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD")
 COLD = f"users with <= {COLD_MAX_TRAIN_POSTS} training posts"
-SN_VIEW, IC_VIEW, OD_VIEW = "user/node2vec@1", "image/vgg16@1", "image/yolo@1"
 # F1@5 margins on ~380 cold test posts. Measured on this archive (seed 0), cold users:
 # PITF 0.1451 -> +SN 0.1786, PITF-IC-OD 0.2953 -> 0.3182, FM-IC-OD 0.2620 -> 0.2792; with
 # shuffled vectors the +SN models get 0.1465, 0.2924, 0.2596.

@@ -19,9 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
+from jobs._extract_items import item_blocks, item_index
 from jobs.errors import InputError
-from jobs.extract import IC_VIEW, OD_VIEW, ExtractConfig, committed, item_blocks, item_index, run
+from jobs.extract import ExtractConfig, committed, run
 from models.errors import ModelError
+from models.views import IC_VIEW, OD_VIEW
 
 SIZE = 64
 GOOD = 6
@@ -215,7 +217,7 @@ def test_dataset_from_blocks_holds_every_row_whichever_route(ray_local, monkeypa
     from_arrow_refs route, holds every block's rows in order."""
     import ray.data.dataset
 
-    from jobs.extract import dataset_from_blocks
+    from jobs._extract_actor import dataset_from_blocks
 
     if internals_moved:
         def moved(*a, **k):
@@ -331,7 +333,7 @@ def test_sigkill_midway_then_rerun_matches_uninterrupted(full_run, tmp_path):
 def test_gpu_decode_actor_path_on_cpu(tmp_path):
     """The GPU actor's code path (bytes -> one batched torchvision decode_jpeg -> preprocess on the
     device -> models), run here with device "cpu", against the CPU-decode path on the same files."""
-    from jobs.extract import FeatureActor, decode_batch, read_batch
+    from jobs._extract_actor import FeatureActor, decode_batch, read_batch
     from models.vision.extractor import ExtractorConfig
 
     posts, bad = make_archive(tmp_path / "a", n_good=3)

@@ -17,7 +17,7 @@ from jobs.errors import JobError
 from models.errors import ModelError
 from models.recsys import get_model, load
 from models.recsys._synthetic import make_synthetic
-from models.recsys.bpr import PostData
+from models.recsys.data import PostData
 from models.recsys.multilabel import MultiLabelConfig, MultiLabelTrainer, dropout_keep, step_of
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models.recsys import get_model
-from models.recsys.bpr import BPRConfig, BPRTrainer, PostData, bpr_step_fused
+from models.recsys.bpr import BPRConfig, BPRTrainer, bpr_step_fused
+from models.recsys.data import PostData
 
 
 class ThreadSync:

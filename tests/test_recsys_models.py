@@ -13,13 +13,13 @@ from models.recsys import get_model, list_models, load, required_features, save
 from models.recsys._synthetic import make_synthetic
 from models.recsys.bpr import (
     BPRConfig,
-    PostData,
     bpr_step_autograd,
     bpr_step_fused,
     bpr_step_reference,
     sample_negatives,
     train_bpr,
 )
+from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
 from models.recsys.factorization import FactorizationModel, score_reference
 from models.recsys.multilabel import train_multilabel

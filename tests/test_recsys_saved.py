@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 
 from models.errors import ModelError
 from models.recsys import get_model, load, save
-from models.recsys.saved import IdIndex, feature_views, id_vocab, index_of, tag_vocabulary
+from models.recsys.data import IdIndex, index_of
+from models.recsys.saved import feature_views, id_vocab, tag_vocabulary
 
 ids64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 

@@ -19,16 +19,19 @@ import pyarrow.parquet as pq
 import pytest
 
 from featurestore import Store, StoreError
+from jobs import _score_task as T
 from jobs import score as J
 from jobs.errors import InputError, JobError
 from models import scoring as S
+from models.csr import csr_from_lists
 from models.errors import ModelError
 from models.recsys import get_model, save
+from models.views import DEFAULT_FEATURE_VIEWS
 
 VOCAB = [f"t{i:02d}" for i in range(12)]
 PLANTED = 3  # tag index with the huge bias
 N_POSTS, SN_DIM = 300, 16
-VIEWS = {"ic": "image/vgg16@1", "od": "image/yolo@1", "sn": "user/node2vec@1"}
+VIEWS = DEFAULT_FEATURE_VIEWS
 
 
 def _world(seed: int = 0) -> dict:
@@ -96,9 +99,9 @@ def _brute_force(w: dict, model_dir: Path, k: int, exclude: bool) -> tuple[np.nd
     }
     pv, tm = m.post_vectors(batch), m.tag_matrix()
     own = [[VOCAB.index(t) for t in w["tags"][i] if t in VOCAB] for i in order]
-    ip, ix = S.csr_from_lists(own) if exclude else (None, None)
-    flags = ((~batch["has_ic"]) * J.FLAG_NO_IC | (~batch["has_od"]) * J.FLAG_NO_OD
-             | (~batch["has_sn"]) * J.FLAG_NO_USER_VECTOR | (batch["user_index"] < 0) * J.FLAG_UNSEEN_USER)
+    ip, ix = csr_from_lists(own) if exclude else (None, None)
+    flags = ((~batch["has_ic"]) * T.FLAG_NO_IC | (~batch["has_od"]) * T.FLAG_NO_OD
+             | (~batch["has_sn"]) * T.FLAG_NO_USER_VECTOR | (batch["user_index"] < 0) * T.FLAG_UNSEEN_USER)
     return w["post_id"][order], S.topk_reference(pv, tm, k, ip, ix), flags.astype(np.uint8), (pv, tm, ip, ix)
 
 
@@ -279,14 +282,18 @@ def test_cli_exit_code_2_for_a_user_error(tmp_path, world, capsys):
     shutil.rmtree(root)
 
 
-def test_gather_matches_jobs_features(scored, world):
-    """The job's faster gather keeps the contract of jobs.features.gather, missing rows included."""
-    from jobs.features import gather
+def test_task_feature_reader_matches_a_fresh_one(scored, world):
+    """The feature reader a score task unpickles (it opens the store in the task's process)
+    reads what a reader opened here reads, missing rows included."""
+    import pickle
+
+    from jobs.features import FeatureReader, gather
 
     root, _ = scored
     views = dict(VIEWS)
     uid, iid = world["user_id"], world["item_id"]
-    want, got = gather(root / "store", uid, iid, views=views), J.gather_features(str(root / "store"), uid, iid, views)
+    shipped = pickle.loads(pickle.dumps(FeatureReader(root / "store", views)))
+    (want, _), (got, _) = gather(root / "store", uid, iid, views=views), shipped.read(uid, iid)
     assert sorted(want) == sorted(got)
     for key in want:
         assert got[key].dtype == want[key].dtype and np.array_equal(got[key], want[key]), key

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from models import scoring as S
+from models.csr import csr_from_lists
 from models.errors import ModelError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +23,7 @@ def _inputs(seed: int, n: int = 257, t: int = 300, d: int = 19, max_excl: int = 
     posts = rng.standard_normal((n, d)).astype(np.float32)
     tags = rng.standard_normal((t, d)).astype(np.float32)
     lists = [rng.choice(t, size=rng.integers(0, max_excl + 1), replace=False) for _ in range(n)]
-    return posts, tags, *S.csr_from_lists(lists)
+    return posts, tags, *csr_from_lists(lists)
 
 
 @pytest.mark.parametrize("kernel", FAST)
@@ -55,7 +56,7 @@ def test_kernel_small_blocks_and_ties(kernel):
 @pytest.mark.parametrize("kernel", FAST)
 def test_fewer_eligible_tags_than_k_are_padded(kernel):
     posts, tags, _, _ = _inputs(4, n=5, t=6)
-    indptr, indices = S.csr_from_lists([[0, 1, 2, 3], [], [5], [0, 1, 2, 3, 4, 5], [2]])
+    indptr, indices = csr_from_lists([[0, 1, 2, 3], [], [5], [0, 1, 2, 3, 4, 5], [2]])
     got = S.get_kernel(kernel)(posts, tags, 4, indptr, indices)
     assert (got.tags[0, 2:] == S.NO_TAG).all() and set(got.tags[0, :2]) == {4, 5}
     assert (got.tags[3] == S.NO_TAG).all() and np.isneginf(got.scores[3]).all()
@@ -74,7 +75,7 @@ def test_planted_signal_is_found():
         got = S.get_kernel(kernel)(posts, tags, 3)
         assert (got.tags[:, 0] == best).all(), kernel
         # and when that tag is excluded, it never comes back
-        indptr, indices = S.csr_from_lists([[b] for b in best])
+        indptr, indices = csr_from_lists([[b] for b in best])
         got = S.get_kernel(kernel)(posts, tags, 3, indptr, indices)
         assert (got.tags != best[:, None]).all(), kernel
 

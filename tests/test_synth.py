@@ -1,4 +1,4 @@
-"""jobs.synth: contract schema, determinism, real images, planted signals, bad flags (issue 2)."""
+"""jobs.synth: contract schema, determinism, real images, planted signals, bad flags."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from PIL import Image
 from jobs import _synth_images as synth_images
 from jobs._cli import run_job
 from jobs._synth_images import MAX_TAGS, make_feature_model, synthetic_features
-from jobs.synth import SynthConfig, first_unique, image_strings
+from jobs._synth_posts import first_unique, image_strings
+from jobs.synth import SynthConfig
 from jobs.synth import run as synth
 
 SMALL = dict(num_users=60, num_posts=400, num_tags=40, num_communities=4, image_size="96x72", workers=1)
@@ -178,14 +179,14 @@ def test_nonvisual_tags_are_each_communitys_most_used_and_leave_images_grey(imag
 def test_features_ignore_nonvisual_tags(tmp_path):
     """With --write-features, a tag's direction shows in z only when the tag is visual."""
     fs = pytest.importorskip("featurestore")
-    from jobs.synth import _rng
+    from jobs._synth_world import stream
 
     root, _ = _archive(tmp_path, num_users=50, num_posts=600, num_tags=30, images=False, write_features=True)
     posts = _posts(root).filter(pl.col("tags").list.len() > 0)
     vocab = pl.from_arrow(pq.read_table(root / "tags.parquet"))
     index = {t: i for i, t in enumerate(vocab["tag"])}
     visual = vocab["visual"].to_numpy()
-    directions = make_feature_model(30, _rng(0, 9)).directions           # the generator's own model
+    directions = make_feature_model(30, stream(0, 9)).directions           # the generator's own model
     store = fs.Store.open(str(tmp_path / "store"), readonly=True)
     z, found = store.reader("image/vgg16@1").get_many(posts["item_id"].to_numpy())
     assert found.all()

@@ -1,4 +1,4 @@
-"""jobs.features.gather on a real LMDB store: values, missing-row fallback, missing views."""
+"""jobs.features.FeatureReader / gather on a real LMDB store: values, missing-row fallback, missing views."""
 
 from __future__ import annotations
 
@@ -29,13 +29,13 @@ def store(tmp_path):
 def test_gather_values_and_fallback(store):
     users = np.array([1, 2, 3, 1])  # user 3 has no vector
     items = np.array([12, 99, 10, 12])  # item 99 failed extraction
-    b = features.gather(store, users, items, views=("od", "sn"))
+    b, missing = features.gather(store, users, items, views=("od", "sn"))
     assert b["od"].shape == (4, 80) and b["od"].dtype == np.float32
     np.testing.assert_allclose(b["od"][0], np.arange(160, 240) / 240, atol=1e-3)  # float16 in the store
     assert b["has_od"].tolist() == [True, False, True, True] and not b["od"][1].any()
     assert b["has_sn"].tolist() == [True, True, False, True] and not b["sn"][2].any()
     np.testing.assert_array_equal(b["sn"][1], [5, 6, 7, 8])
-    assert features.last_missing == {"od": 1, "sn": 1}
+    assert missing == {"od": 1, "sn": 1}
     assert features.check_views(store, ["sn"])["sn"]["dim"] == 4
 
 
@@ -55,10 +55,10 @@ def test_spilled_gather_equals_in_memory(store, tmp_path, monkeypatch, compact):
     monkeypatch.setattr(features, "CHUNK", 3)  # several chunks, a repeated id inside one
     users = np.array([1, 2, 3, 1, 2, 2, 9])
     items = np.array([12, 99, 10, 12, 11, 11, 10])
-    want = features.gather(store, users, items, views=("od", "sn"), compact=compact)
-    want_missing = dict(features.last_missing)
-    got = features.gather(store, users, items, views=("od", "sn"), compact=compact, spill_dir=tmp_path / "spill")
-    assert features.last_missing == want_missing == {"od": 1, "sn": 2}
+    want, want_missing = features.gather(store, users, items, views=("od", "sn"), compact=compact)
+    got, got_missing = features.gather(store, users, items, views=("od", "sn"), compact=compact,
+                                       spill_dir=tmp_path / "spill")
+    assert got_missing == want_missing == {"od": 1, "sn": 2}
     for k in want:
         assert got[k].dtype == want[k].dtype and got[k].shape == want[k].shape
         np.testing.assert_array_equal(got[k], want[k])

@@ -40,8 +40,8 @@ worker with batch B.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,6 +49,7 @@ import torch
 import torch.nn.functional as F
 
 from models.errors import ModelError, NumericalError
+from models.recsys.data import PostData
 from models.recsys.factorization import FactorizationModel, score_reference
 
 # Grids searched by `--tune` (per the paper's protocol: learning rate and L2 strength chosen
@@ -77,68 +78,6 @@ class BPRConfig:
 
 
 # --------------------------------------------------------------------------- data
-
-
-@dataclass
-class PostData:
-    """Posts as arrays: indices into the training vocabularies, tags as CSR, features per post.
-
-    user_index, item_index int64 (P,) (-1 unseen); indptr (P+1,), indices (nnz,) tag indices;
-    features {"ic": (P, 512), "od": (P, 80), "sn": (P, d)} float32 with has {"ic": (P,) bool}.
-    """
-
-    user_index: np.ndarray
-    item_index: np.ndarray
-    indptr: np.ndarray
-    indices: np.ndarray
-    n_tags: int
-    features: dict[str, np.ndarray] = field(default_factory=dict)
-    has: dict[str, np.ndarray] = field(default_factory=dict)
-
-    @classmethod
-    def from_lists(cls, user_index: np.ndarray, item_index: np.ndarray, tags: Sequence[np.ndarray],
-                   n_tags: int, features: dict[str, np.ndarray] | None = None,
-                   has: dict[str, np.ndarray] | None = None) -> PostData:
-        lens = np.fromiter((len(t) for t in tags), np.int64, len(tags))
-        indptr = np.zeros(len(tags) + 1, np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        indices = np.concatenate([np.asarray(t, np.int64) for t in tags]) if len(tags) else np.zeros(0, np.int64)
-        feats = dict(features or {})
-        has = dict(has or {})
-        for k, v in feats.items():
-            has.setdefault(k, np.ones(len(v), bool))
-        return cls(np.asarray(user_index, np.int64), np.asarray(item_index, np.int64), indptr, indices,
-                   n_tags, feats, has)
-
-    def __len__(self) -> int:
-        return len(self.user_index)
-
-    def batch(self, rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
-        """The docs/interfaces.md batch dict for these posts (all when rows is None)."""
-        sel = (lambda a: a) if rows is None else (lambda a: a[rows])
-        out = {"user_index": sel(self.user_index), "item_index": sel(self.item_index)}
-        for k, v in self.features.items():
-            out[k], out[f"has_{k}"] = sel(v), sel(self.has[k])
-        return out
-
-    def subset(self, rows: np.ndarray) -> PostData:
-        """The posts `rows` (int array), tags and features included."""
-        rows = np.asarray(rows, np.int64)
-        lens = np.diff(self.indptr)[rows]
-        indptr = np.zeros(len(rows) + 1, np.int64)
-        np.cumsum(lens, out=indptr[1:])
-        take = (np.concatenate([np.arange(self.indptr[r], self.indptr[r + 1]) for r in rows]) if len(rows)
-                else np.zeros(0, np.int64))
-        return PostData(self.user_index[rows], self.item_index[rows], indptr,
-                        self.indices[np.asarray(take, np.int64)], self.n_tags,
-                        {k: v[rows] for k, v in self.features.items()}, {k: v[rows] for k, v in self.has.items()})
-
-    def pairs(self) -> tuple[np.ndarray, np.ndarray]:
-        """(post, t+) of every training pair, posts tagged with every tag left out (no t- exists)."""
-        lens = np.diff(self.indptr)
-        post = np.repeat(np.arange(len(self), dtype=np.int64), lens)
-        ok = np.repeat(lens < self.n_tags, lens)
-        return post[ok], self.indices[ok]
 
 
 def sample_negatives(post: np.ndarray, pos_codes: np.ndarray, n_tags: int, rng: np.random.Generator) -> np.ndarray:

@@ -46,11 +46,11 @@ import numpy as np
 import torch
 
 from models.errors import ModelError
+from models.views import FEATURE_DIMS  # sn: the store view's dim, given at construction
 
 FAMILIES = ("PITF", "FM")
 CONTENTS = {"": (), "-IC": ("ic",), "-OD": ("od",), "-IC-OD": ("ic", "od")}
 CENTRE_CHUNK = 65536  # posts per chunk in fit_centre: bounds its float32 working copy
-FEATURE_DIMS = {"ic": 512, "od": 80}  # sn: the store view's dim, given at construction
 _BASES = ("PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD")  # the order
 NAMES = _BASES + tuple(b + "+SN" for b in _BASES)
 

@@ -44,7 +44,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import ModelError
-from models.recsys.factorization import FEATURE_DIMS, _tensor, l2_normalise
+from models.recsys.factorization import _tensor, l2_normalise
+from models.views import FEATURE_DIMS
 
 NAMES = ("social-multilabel", "visual-multilabel")
 TAG_REDUCTIONS = ("sum", "mean")
@@ -200,14 +201,6 @@ class MultiLabelConfig:
     tag_reduction: str = "sum"  # "sum": per-post loss (module docstring); "mean": torch's default
 
 
-def csr_rows(indptr: np.ndarray, indices: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(position in `rows`, value) of every CSR entry of `rows`, vectorised."""
-    lens = np.diff(indptr)[rows]
-    offsets = np.cumsum(lens) - lens
-    at = np.arange(int(lens.sum()), dtype=np.int64) + np.repeat(indptr[rows] - offsets, lens)
-    return np.repeat(np.arange(len(rows), dtype=np.int64), lens), indices[at]
-
-
 class MultiLabelTrainer:
     """SGD epochs over one shard of the posts (all of them when world == 1).
 
@@ -255,7 +248,7 @@ class MultiLabelTrainer:
             inp = model.inputs(self.data.batch(rows))
             keep = torch.from_numpy(dropout_keep(self.keys[rows], model.width, model.dropout, cfg.seed, epoch)).to(dev)
             target = torch.zeros(len(rows), model.n_tags, device=dev)  # (b, T) multi-hot
-            r, t = csr_rows(self.data.indptr, self.data.indices, rows)
+            r, t = self.data.tag_entries(rows)
             target[torch.as_tensor(r, device=dev), torch.as_tensor(t, device=dev)] = 1.0
             summed = F.binary_cross_entropy_with_logits(model.logits(inp, keep), target, reduction="sum")
             summed.backward()

@@ -127,6 +127,10 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
                 raise TypeError
             return [_coerce(name, inner, v, source) for v in value]
         if origin is dict or base is dict:
+            if isinstance(value, str):          # from the command line: JSON (or YAML) text
+                import yaml
+
+                value = yaml.safe_load(value) if value.strip() else {}
             if not isinstance(value, dict):
                 raise TypeError
             return dict(value)

@@ -307,6 +307,11 @@ def check_posts(path: str | os.PathLike, batch_rows: int = 65536) -> int:
     return check.rows
 
 
+def count_posts(path: str | os.PathLike) -> int:
+    """Rows of posts.parquet (a path or URI) from its footer, without reading them."""
+    return _open(path, "posts", streaming=True).metadata.num_rows
+
+
 def read_posts(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Read and validate posts.parquet; adds `item_id` when absent, makes `image` absolute."""
     f = _open(path, "posts")

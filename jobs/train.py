@@ -652,8 +652,8 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     if nodes:   # Ray workers: which node trained which rank; the driver saved the model
         from jobs._ray import placement
 
-        summary["placement"] = placement(workers={n: nodes.count(n) for n in set(nodes)})
-        summary["placement"]["node_of_rank"] = nodes
+        pl = placement(workers={n: nodes.count(n) for n in set(nodes)})
+        summary["placement"] = {**pl, "node_of_rank": nodes}
     return summary
 
 

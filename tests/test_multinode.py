@@ -8,6 +8,7 @@ cluster runs are subprocesses joining with --ray-address, as a `ray job submit` 
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,14 +24,16 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory):
-    """A tiny synthetic archive (no images) with its split: 30 users, 120 posts."""
+    """A tiny synthetic archive (no images; IC/OD vectors written straight into <out>/store) with
+    its split: 30 users, 120 posts."""
     from jobs.prepare import PrepareConfig
     from jobs.prepare import run as prepare
     from jobs.synth import SynthConfig
     from jobs.synth import run as synth
 
     out = tmp_path_factory.mktemp("mn")
-    synth(SynthConfig(out=str(out), num_users=30, num_posts=120, num_tags=12, images=False, seed=5))
+    synth(SynthConfig(out=str(out), num_users=30, num_posts=120, num_tags=12, images=False, write_features=True,
+                      seed=5))
     prepare(PrepareConfig(out=str(out), seed=5))
     return out
 
@@ -103,3 +106,42 @@ def test_train_two_workers_on_two_nodes_equal_the_single_node_run(archive, ray_c
     a, b = load(archive / "models" / "PITF"), load(tmp_path / "run" / "models" / "PITF")
     for k, v in a.state_dict().items():
         assert torch.equal(v, b.state_dict()[k]), k
+
+
+def _parts(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.glob("part-*.parquet"))}
+
+
+def test_score_tasks_run_on_nodes_without_the_store_and_equal_the_single_node_run(archive, ray_cluster, ray_local,
+                                                                                  tmp_path):
+    """The driver ships each shard's features: tasks score on the worker nodes, which have no store."""
+    from jobs.score import ScoreConfig
+    from jobs.score import run as score
+    from jobs.train import TrainConfig
+    from jobs.train import run as train
+
+    train(TrainConfig(out=str(archive), model="PITF-IC-OD", epochs=2, dim=8, seed=5))
+    for name in ("ref", "ship", "store"):
+        shutil.copytree(archive / "store", tmp_path / name)          # the same features for every run
+    flags = ["--model", str(archive / "models" / "PITF-IC-OD"), "--shard-size", "20", "--max-in-flight", "4",
+             "--posts", str(archive / "archive" / "posts.parquet")]
+    ref = score(ScoreConfig(out=str(tmp_path / "ref-run"), store=str(tmp_path / "ref"), shard_size=20,
+                            max_in_flight=4, model=str(archive / "models" / "PITF-IC-OD"),
+                            posts=str(archive / "archive" / "posts.parquet")))
+    got = cluster_job("score", ray_cluster, None, *flags, "--store", str(tmp_path / "ship"), out=tmp_path / "ship-run")
+    pl = check_driver_on_store_node(got, ray_cluster)
+    tasks = pl["score_tasks"]
+    assert sum(tasks.values()) == got["scored_posts"] == ref["scored_posts"] == 120
+    assert set(tasks) & set(ray_cluster.workers), f"no scoring task ran off the store's node: {tasks}"
+    assert pl["feature_reads_and_writes"] == {ray_cluster.head: 120} and got["shipped_mb"] > 0
+    assert _parts(tmp_path / "ship-run" / "topk" / "PITF-IC-OD") == _parts(tmp_path / "ref-run" / "topk" / "PITF-IC-OD")
+    # --features store: the tasks read the store themselves, so they stay on its node
+    pinned = cluster_job("score", ray_cluster, None, *flags, "--store", str(tmp_path / "store"), "--features",
+                         "store", out=tmp_path / "store-run")
+    assert check_driver_on_store_node(pinned, ray_cluster)["score_tasks"] == {ray_cluster.head: 120}
+    assert _parts(tmp_path / "store-run" / "topk" / "PITF-IC-OD") == _parts(tmp_path / "ref-run" / "topk" / "PITF-IC-OD")
+    view = ref["view"]
+    a, b = Store.open(tmp_path / "ref", readonly=True).reader(view), Store.open(tmp_path / "ship", readonly=True).reader(view)
+    ids = a.ids()
+    assert ids.tolist() == b.ids().tolist()
+    assert a.get_many(ids)[0].tobytes() == b.get_many(ids)[0].tobytes()

@@ -4,6 +4,11 @@ results as from local files, and one clear line for each problem with the bucket
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -12,6 +17,7 @@ from featurestore import Store
 from jobs._cli import run_job
 
 BUCKET = "pipeline-archive"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -96,3 +102,99 @@ def test_unreachable_endpoint_is_retried_then_one_line(archive, s3_env, tmp_path
     assert "cannot reach the S3 endpoint" in err and "gave up after 2 attempts" in err
     assert "AWS_ENDPOINT_URL" in err and json.dumps(err).count("\\n") == 0
     assert not (out / "split").exists()
+
+
+EXTRACT = {"vgg_size": 32, "yolo_size": 64, "random_weights": True, "batch_size": 4, "seed": 7}
+
+
+def _flags(d: dict) -> list[str]:
+    out = []
+    for k, v in d.items():
+        flag = "--" + k.replace("_", "-")
+        out += [flag] if v is True else [flag, str(v)]
+    return out
+
+
+def _job(stage: str, env: dict, *args: str, out) -> tuple[dict, str]:
+    """`python -m jobs.<stage>` in a subprocess (its own local Ray, whose workers get `env`)."""
+    done = subprocess.run([sys.executable, "-m", f"jobs.{stage}", "--out", str(out), *args], env=env,
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return json.loads((out / "reports" / f"{stage}.summary.json").read_text()), done.stderr
+
+
+def test_extract_reads_images_from_s3_retries_counts_bad_reads_and_resumes(archive, s3_server, s3_proxy, ray_local,
+                                                                           tmp_path):
+    """Images read by the Ray workers through S3: a flaky read is retried, one that keeps failing
+    and a missing key are bad images with their reasons; a re-run after the outage resumes and
+    ends with the store a run on local files makes."""
+    from jobs.extract import ExtractConfig
+    from jobs.extract import run as extract
+
+    ref = extract(ExtractConfig(posts=str(archive / "posts.parquet"), store=str(tmp_path / "ref"),
+                                out=str(tmp_path / "ref-run"), **EXTRACT))
+    images = sorted(set(pq.read_table(archive / "posts.parquet").column("image").to_pylist()))
+    flaky, broken, gone = images[:3]
+    s3_proxy.clear()
+    s3_proxy.fail(f"/{BUCKET}/a/{flaky}", times=2)           # two 503s, then the object
+    s3_proxy.fail(f"/{BUCKET}/a/{broken}", times=-1)         # 503 for good
+    s3_server.client().delete_object(Bucket=BUCKET, Key=f"a/{gone}")
+    env = {**s3_server.process_env(endpoint=s3_proxy.url), "TAGREC_IO_ATTEMPTS": "3", "TAGREC_IO_BACKOFF_S": "0.05",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    args = ["--posts", f"s3://{BUCKET}/a/posts.parquet", "--store", str(tmp_path / "s3"), *_flags(EXTRACT)]
+    try:
+        got, err = _job("extract", env, *args, out=tmp_path / "s3-run")
+        assert got["failed_by_reason"] == {"missing": 1, "read-failed": 1}
+        assert got["ok"] == ref["ok"] - 2 and got["processed"] == ref["processed"]
+        statuses = [st for _, _, st in s3_proxy.requests_for(f"/a/{flaky}")]
+        assert statuses.count(503) == 2 and statuses[-1] in (200, 206)
+        assert f"s3://{BUCKET}/a/{broken}" in err and "read-failed" in err     # one clear line on the driver
+    finally:
+        s3_proxy.clear()
+        s3_server.client().upload_file(str(archive / gone), BUCKET, f"a/{gone}")
+    again, _ = _job("extract", env, *args, out=tmp_path / "s3-run")
+    assert again["processed"] == 2 and again["skipped_committed"] == ref["ok"] - 2 and again["failed"] == 0
+    for view in ("image/vgg16@1", "image/yolo@1"):
+        assert _view(tmp_path / "s3", view) == _view(tmp_path / "ref", view)
+
+
+@pytest.fixture(scope="module")
+def scored_archive(tmp_path_factory):
+    """No images: IC/OD vectors straight in the store, a split and a trained PITF-IC-OD."""
+    from jobs.prepare import PrepareConfig
+    from jobs.prepare import run as prepare
+    from jobs.synth import SynthConfig
+    from jobs.synth import run as synth
+    from jobs.train import TrainConfig
+    from jobs.train import run as train
+
+    out = tmp_path_factory.mktemp("s3score")
+    synth(SynthConfig(out=str(out), num_users=12, num_posts=60, num_tags=8, images=False, write_features=True, seed=3))
+    prepare(PrepareConfig(out=str(out), seed=3))
+    train(TrainConfig(out=str(out), model="PITF-IC-OD", epochs=2, dim=8, seed=3))
+    return out
+
+
+def test_score_writes_topk_parts_to_s3_equal_to_local_ones_and_rebuilds_a_lost_one(scored_archive, s3_env, s3_server,
+                                                                                   ray_local, tmp_path):
+    from jobs.score import ScoreConfig
+    from jobs.score import run as score
+
+    out = scored_archive
+    s3_server.client().create_bucket(Bucket="score-out")
+    for name in ("local", "s3"):
+        shutil.copytree(out / "store", tmp_path / name)
+    base = {"out": str(out), "model": "PITF-IC-OD", "shard_size": 16, "k": 5}
+    score(ScoreConfig(store=str(tmp_path / "local"), topk_out=str(tmp_path / "topk"), **base))
+    s = score(ScoreConfig(store=str(tmp_path / "s3"), topk_out="s3://score-out/topk", **base))
+    assert s["parquet"] == "s3://score-out/topk/PITF-IC-OD" and s["scored_posts"] == 60
+    local = {p.name: p.read_bytes() for p in (tmp_path / "topk" / "PITF-IC-OD").iterdir()
+             if p.name.startswith("part-")}
+    remote = {k.rsplit("/", 1)[1]: v for k, v in s3_server.objects("score-out", "topk/PITF-IC-OD/").items()
+              if "/part-" in k}
+    assert len(local) == 4 and remote == local
+    lost = sorted(remote)[1]
+    s3_server.client().delete_object(Bucket="score-out", Key=f"topk/PITF-IC-OD/{lost}")
+    again = score(ScoreConfig(store=str(tmp_path / "s3"), topk_out="s3://score-out/topk", **base))
+    assert again["scored_posts"] == 0 and again["skipped_shards"] == 3       # only the lost part rebuilt
+    assert s3_server.objects("score-out", f"topk/PITF-IC-OD/{lost}")[f"topk/PITF-IC-OD/{lost}"] == local[lost]

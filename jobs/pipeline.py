@@ -50,6 +50,7 @@ class PipelineConfig(ArchiveArgs, SplitArgs, RayArgs):
     num_users: int = arg(60, "synthetic archive: users")
     num_posts: int = arg(400, "synthetic archive: posts")
     k: int = arg(10, "tags per post in the scored output")
+    sg_workers: int = arg(0, "embed_users: skip-gram threads (0: all cores; 1: bit-reproducible user vectors)")
     topk_out: str = arg("", "score: where the top-k Parquet parts go, a folder or a URI (s3://bucket/prefix); "
                             "empty: <out>/topk")
     results: str = arg("", "evaluate: where evaluation.{json,md} and f1_at_k.png go, a folder or a URI; "

@@ -145,3 +145,49 @@ def test_score_tasks_run_on_nodes_without_the_store_and_equal_the_single_node_ru
     ids = a.ids()
     assert ids.tolist() == b.ids().tolist()
     assert a.get_many(ids)[0].tobytes() == b.get_many(ids)[0].tobytes()
+
+
+# One torch thread per actor in every run: the thread count changes the float summation order.
+EXTRACT = ["--vgg-size", "32", "--yolo-size", "64", "--random-weights", "--batch-size", "4", "--seed", "7",
+           "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def image_archive(tmp_path_factory, s3_server):
+    """A tiny archive with images, on local disk and in s3://multinode-archive/a/."""
+    from jobs.synth import SynthConfig
+    from jobs.synth import run as synth
+
+    out = tmp_path_factory.mktemp("mnimg")
+    synth(SynthConfig(out=str(out), num_users=8, num_posts=16, num_tags=6, image_size="48x40", seed=7))
+    s3_server.client().create_bucket(Bucket="multinode-archive")
+    s3_server.upload_tree(out / "archive", "multinode-archive", "a")
+    return out / "archive"
+
+
+@pytest.mark.slow
+def test_extract_actors_on_the_pool_read_s3_and_equal_the_single_node_run(image_archive, s3_server, s3_proxy,
+                                                                          ray_cluster, ray_local, tmp_path):
+    """Model actors on the two worker nodes (the `pool` resource) read the images from S3 themselves;
+    the driver on the head, the store's single writer, commits every batch."""
+    from jobs.extract import ExtractConfig
+    from jobs.extract import run as extract
+
+    ref = extract(ExtractConfig(posts=str(image_archive / "posts.parquet"), store=str(tmp_path / "ref"),
+                                out=str(tmp_path / "ref-run"), vgg_size=32, yolo_size=64, random_weights=True,
+                                batch_size=4, seed=7, threads=1))
+    got = cluster_job("extract", ray_cluster, s3_server.env("admin", s3_proxy.url),
+                      "--posts", "s3://multinode-archive/a/posts.parquet", "--store", str(tmp_path / "mn"),
+                      "--cpu-actors", "2", "--actor-resources", '{"pool": 1}', *EXTRACT, out=tmp_path / "run")
+    pl = check_driver_on_store_node(got, ray_cluster)
+    # off the head (whether both pool actors get a block depends on which loads its models first)
+    assert pl["model_actors"] and set(pl["model_actors"]) <= set(ray_cluster.workers), pl["model_actors"]
+    assert sum(pl["model_actors"].values()) == got["processed"] == ref["processed"] > 0
+    assert pl["store_writes"] == {ray_cluster.head: got["processed"]}
+    assert got["failed"] == ref["failed"] == 0
+    for view in ("image/vgg16@1", "image/yolo@1"):
+        a = Store.open(tmp_path / "ref", readonly=True).reader(view)
+        b = Store.open(tmp_path / "mn", readonly=True).reader(view)
+        ids = a.ids()
+        assert ids.tolist() == b.ids().tolist()
+        assert a.get_many(ids, dtype=None)[0].tobytes() == b.get_many(ids, dtype=None)[0].tobytes()

@@ -1,11 +1,11 @@
-"""BPR training throughput: the step kernel alone and the Ray job around it (issue 6).
+"""BPR training throughput: the step kernel alone and the Ray job around it.
 
     python benchmarks/train.py --quick      # < 1 min on a 2-core laptop
     python benchmarks/train.py              # bigger data, dim 128
 
 CPU section, one run, same data and model (PITF-IC-OD):
   - kernel: `bpr_step_fused` vs `bpr_step_autograd` (the plain torch step), samples/s;
-  - training: a single-process loop (`BPRTrainer`, no Ray) vs the Ray job (`RayEngine`)
+  - training: a single-process loop (`BPRTrainer`, no Ray) vs the Ray job (`jobs._train_ray.RayEngine`)
     with 1 and 2 workers, samples/s over whole epochs after a warm-up epoch (worker start-up
     excluded, the per-epoch state pull included).
 GPU section (only where CUDA exists): one BPR step for PITF-IC-OD at k=128, 100k users,
@@ -28,7 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.recsys import get_model  # noqa: E402
-from models.recsys.bpr import BPRConfig, BPRTrainer, bpr_step_autograd, bpr_step_fused  # noqa: E402
+from models.recsys.bpr import BPRConfig, BPRTrainer  # noqa: E402
+from models.recsys.bpr_step import bpr_step_autograd, bpr_step_fused  # noqa: E402
 from models.recsys.data import PostData  # noqa: E402
 
 
@@ -87,11 +88,10 @@ def local_rate(data: PostData, n_users: int, n_items: int, n_tags: int, dim: int
 
 def ray_rate(data: PostData, n_users: int, n_items: int, n_tags: int, dim: int, bpr: BPRConfig,
              epochs: int, workers: int, tmp: Path) -> float:
-    from jobs.train import RayEngine, TrainConfig
+    from jobs._train_ray import RayEngine
 
     m = get_model("PITF-IC-OD", n_users=n_users, n_items=n_items, n_tags=n_tags, dim=dim)
-    cfg = TrainConfig(out=str(tmp), num_workers=workers, num_cpus=max(2, workers))
-    eng = RayEngine(m, data, bpr, cfg, tmp / "no-fault")
+    eng = RayEngine(m, data, BPRTrainer, bpr, workers, num_cpus=max(2, workers), marker=tmp / "no-fault")
     try:
         eng.run_epoch(0)
         t0, n = time.perf_counter(), 0

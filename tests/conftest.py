@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,16 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def pytest_terminal_summary(terminalreporter):
+    """How many cases each property test ran (tests/_fuzz.py), when any ran."""
+    from _fuzz import CASES
+
+    if CASES:
+        terminalreporter.section("property-test cases run")
+        for name, n in sorted(CASES.items()):
+            terminalreporter.write_line(f"{name}: {n}")
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A real local Ray with 2 CPUs, shared by the whole session and shut down at its end."""
@@ -42,6 +54,52 @@ def ray_local():
     init_ray(num_cpus=2)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_archive(tmp_path_factory):
+    """Tiny seeded archives from `jobs.synth`, each built once per set of flags and shared by
+    the session: `synth_archive(num_users=..., ...)` -> the archive folder (posts.parquet,
+    edges.parquet, ground truth). Read-only: point --posts/--edges at it, write to your --out."""
+    from jobs.synth import SynthConfig
+    from jobs.synth import run as synth_run
+
+    built: dict[tuple, Path] = {}
+
+    def make(**flags: Any) -> Path:
+        key = tuple(sorted(flags.items()))
+        if key not in built:
+            out = tmp_path_factory.mktemp("synth")
+            synth_run(SynthConfig(out=str(out), **flags))
+            built[key] = out / "archive"
+        return built[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def recsys_split(tmp_path_factory):
+    """Split files and a real LMDB store from `models.recsys._synthetic` (tests/test_train_job.py's
+    `write_archive`), built once per set of arguments; `recsys_split(out, **kw)` copies them into
+    `out` (split/, store/) and returns the synthetic data, so each test trains in its own folder."""
+    import shutil
+
+    from test_train_job import write_archive
+
+    built: dict[tuple, tuple[Path, Any]] = {}
+
+    def make(out: Path, **kw: Any) -> Any:
+        key = tuple(sorted(kw.items()))
+        if key not in built:
+            src = tmp_path_factory.mktemp("split")
+            built[key] = (src, write_archive(src, **kw))
+        src, synthetic = built[key]
+        for name in ("split", "store"):
+            if (src / name).exists():
+                shutil.copytree(src / name, Path(out) / name)
+        return synthetic
+
+    return make
 
 
 @pytest.fixture

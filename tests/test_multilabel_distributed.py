@@ -17,7 +17,9 @@ from jobs.errors import JobError
 from models.errors import ModelError
 from models.recsys import get_model, load
 from models.recsys._synthetic import make_synthetic
+from models.recsys.checkpoints import Checkpoints
 from models.recsys.data import PostData
+from models.recsys.distributed import partition_by_user
 from models.recsys.multilabel import MultiLabelConfig, MultiLabelTrainer, dropout_keep, step_of
 
 pytestmark = pytest.mark.usefixtures("torch_one_thread")
@@ -119,7 +121,7 @@ def _two_threads(name: str, data: jt.SplitData, conf: jt.TrainConfig, epochs: in
     """Two shards as the Ray engine cuts them, in threads with ThreadSync: the uninterrupted
     two-worker run without Ray (gloo's sum of two tensors is the same a + b)."""
     opts = jt.train_opts(name, data, conf, _bpr(epochs))
-    part = jt.partition_by_user(data.train, 2, opts.seed)
+    part = partition_by_user(data.train, 2, opts.seed)
     models = [jt.build(name, data, conf, 0, "cpu") for _ in range(2)]
     sync = ThreadSync(2)
     trainers = [MultiLabelTrainer(models[r], data.train.subset(np.flatnonzero(part == r)), opts, len(data.train),
@@ -139,7 +141,7 @@ def test_two_workers_resume_and_restart_bit_for_bit(tmp_path, ray_local):
     data = split_with_features(tmp_path, n_users=40, test_per_user=1)
     c = dict(num_workers=2, hidden=16, ml_min_steps=0)
     ref = _two_threads("visual-multilabel", data, cfg(tmp_path / "a", **c), 4)
-    ckpt = jt.Checkpoints(tmp_path / "b" / "ckpt", "fp", data.tags.tolist())
+    ckpt = Checkpoints(tmp_path / "b" / "ckpt", "fp", data.tags.tolist())
     jt.fit("visual-multilabel", data, cfg(tmp_path / "b", **c), _bpr(2), 0, "cpu", ckpt)
     assert (ckpt.dir / "epoch-0002" / "optimizer.safetensors").is_file()
     got, hist = jt.fit("visual-multilabel", data, cfg(tmp_path / "b", fail_at="2:1", **c), _bpr(4), 0, "cpu", ckpt)
@@ -151,8 +153,8 @@ def test_two_workers_resume_and_restart_bit_for_bit(tmp_path, ray_local):
 # --------------------------------------------------------------------------- checkpoints, in-process
 
 
-def test_resumed_job_equals_uninterrupted_and_needs_the_momentum(tmp_path):
-    write_archive(tmp_path, n_users=40)  # the real LMDB store: the job reads ic and sn from it
+def test_resumed_job_equals_uninterrupted_and_needs_the_momentum(tmp_path, recsys_split):
+    recsys_split(tmp_path, n_users=40)  # the real LMDB store: the job reads ic and sn from it
     kw = dict(model="social-multilabel", hidden=16, ml_min_steps=0)
     jt.run(cfg(tmp_path, epochs=2, **kw))  # "killed" after epoch 2
     jt.run(cfg(tmp_path, epochs=4, **kw))  # same settings, more epochs: resumes at epoch 2
@@ -164,7 +166,7 @@ def test_resumed_job_equals_uninterrupted_and_needs_the_momentum(tmp_path):
         d.mkdir()
         for sub in ("split", "store"):
             (d / sub).symlink_to(tmp_path / sub)
-        if drop_momentum:  # the checkpoint as it was before: weights only
+        if drop_momentum:  # a checkpoint of the weights only, no momentum
             jt.run(cfg(d, epochs=2, **kw))
             (d / "checkpoints" / "social-multilabel" / "epoch-0002" / "optimizer.safetensors").unlink()
         jt.run(cfg(d, epochs=4, **kw))

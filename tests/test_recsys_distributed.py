@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from models.recsys import get_model
-from models.recsys.bpr import BPRConfig, BPRTrainer, bpr_step_fused
+from models.recsys.bpr import BPRConfig, BPRTrainer
+from models.recsys.bpr_step import bpr_step_fused
 from models.recsys.data import PostData
 
 

@@ -11,20 +11,14 @@ import torch
 from models.errors import ModelError, NumericalError
 from models.recsys import get_model, list_models, load, required_features, save
 from models.recsys._synthetic import make_synthetic
-from models.recsys.bpr import (
-    BPRConfig,
-    bpr_step_autograd,
-    bpr_step_fused,
-    bpr_step_reference,
-    sample_negatives,
-    train_bpr,
-)
+from models.recsys.bpr import BPRConfig, sample_negatives, train_bpr
+from models.recsys.bpr_step import bpr_step_autograd, bpr_step_fused, bpr_step_reference
 from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
 from models.recsys.factorization import FactorizationModel, score_reference
 from models.recsys.multilabel import train_multilabel
 
-ISSUE_NAMES = ["PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD"]
+BASE_NAMES = ["PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD"]
 U, N_ITEMS, T, K, D_SN = 7, 9, 11, 6, 5
 
 
@@ -53,8 +47,8 @@ def _build(name, seed=0):
 
 def test_registry_names_and_unknown_name():
     names = list_models()
-    assert names[:8] == ISSUE_NAMES
-    assert set(names) == set(ISSUE_NAMES) | {n + "+SN" for n in ISSUE_NAMES} | {"social-multilabel", "visual-multilabel"}
+    assert names[:8] == BASE_NAMES
+    assert set(names) == set(BASE_NAMES) | {n + "+SN" for n in BASE_NAMES} | {"social-multilabel", "visual-multilabel"}
     with pytest.raises(ModelError, match="unknown model 'PITF-XYZ'; valid: PITF, FM, PITF-IC"):
         get_model("PITF-XYZ")
     with pytest.raises(ModelError, match="bad hyperparameters"):
@@ -201,8 +195,8 @@ def _fit(name, synth, epochs=25):
 
 def test_content_models_beat_pitf_and_fm(synth):
     _, _, te = synth
-    f1 = {n: evaluate(_fit(n, synth), te)["f1@5"] for n in ISSUE_NAMES}
-    for content in ISSUE_NAMES[2:]:
+    f1 = {n: evaluate(_fit(n, synth), te)["f1@5"] for n in BASE_NAMES}
+    for content in BASE_NAMES[2:]:
         assert f1[content] > max(f1["PITF"], f1["FM"]) + 0.1, f1
     assert f1["PITF-IC-OD"] > max(f1["PITF-IC"], f1["PITF-OD"]), f1
 

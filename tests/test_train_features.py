@@ -70,7 +70,7 @@ def test_spilled_gather_equals_in_memory(store, tmp_path, monkeypatch, compact):
 def test_train_removes_spills_of_killed_runs_only(tmp_path):
     import os
 
-    from jobs import train
+    from jobs import _train_data as train
 
     dead = tmp_path / f"{train.SPILL_PREFIX}999999999-abc"  # no such pid
     alive = tmp_path / f"{train.SPILL_PREFIX}{os.getpid()}-def"
@@ -89,7 +89,7 @@ def test_train_spills_to_tmp_when_the_store_location_is_read_only(tmp_path, monk
     (root ignores file modes here, so the refusal is simulated at the directory creation)."""
     import tempfile
 
-    from jobs import train
+    from jobs import _train_data as train
 
     ro, scratch = tmp_path / "ro", tmp_path / "scratch"
     ro.mkdir()

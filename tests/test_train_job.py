@@ -65,8 +65,8 @@ def cfg(tmp_path, **kw) -> jt.TrainConfig:
     return jt.TrainConfig(**{**base, **kw})
 
 
-def test_cli_trains_and_saves_a_loadable_model(tmp_path):
-    write_archive(tmp_path)
+def test_cli_trains_and_saves_a_loadable_model(tmp_path, recsys_split):
+    recsys_split(tmp_path)
     from jobs._cli import run_job
 
     code = run_job("train", jt.TrainConfig, jt.run,
@@ -89,8 +89,8 @@ def test_cli_trains_and_saves_a_loadable_model(tmp_path):
     assert out["models"]["social-multilabel"]["val_f1@5"] > 0.4
 
 
-def test_resumed_job_equals_uninterrupted(tmp_path):
-    write_archive(tmp_path, with_store=False)
+def test_resumed_job_equals_uninterrupted(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     jt.run(cfg(tmp_path, model="FM", epochs=2))  # "killed" after epoch 2
     jt.run(cfg(tmp_path, model="FM", epochs=4))  # same settings, more epochs: resumes at epoch 2
     resumed = load(tmp_path / "models" / "FM")
@@ -104,9 +104,9 @@ def test_resumed_job_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(resumed.state_dict()[k], v)
 
 
-def test_two_ray_workers_match_one_worker(tmp_path, ray_local):
+def test_two_ray_workers_match_one_worker(tmp_path, ray_local, recsys_split):
     # 8 held-out posts per user: F1 differences of 0.005 are above the validation set's noise.
-    write_archive(tmp_path, with_store=False, n_users=160, test_per_user=8)
+    recsys_split(tmp_path, with_store=False, n_users=160, test_per_user=8)
     s = make_synthetic(n_users=160, sn_dim=SN_DIM, seed=0, test_per_user=8)
     data = jt.load_split(tmp_path / "split")
     # Features straight from the generator (the store path is covered above).
@@ -126,8 +126,8 @@ def test_two_ray_workers_match_one_worker(tmp_path, ray_local):
 
 
 @pytest.mark.slow  # the two-worker kill test below covers the restart; this adds Ray == in-process
-def test_killed_worker_resumes_from_last_epoch(tmp_path, ray_local):
-    write_archive(tmp_path, with_store=False)
+def test_killed_worker_resumes_from_last_epoch(tmp_path, ray_local, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     data = jt.load_split(tmp_path / "split")
     bpr = jt.BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=3, seed=0)
     ref, _ = jt.fit("PITF", data, cfg(tmp_path), bpr, 0, "cpu", ckpt=None)
@@ -139,15 +139,15 @@ def test_killed_worker_resumes_from_last_epoch(tmp_path, ray_local):
         torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_model_needing_a_missing_view_fails_before_work(tmp_path):
-    write_archive(tmp_path, with_store=False)
+def test_model_needing_a_missing_view_fails_before_work(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     with pytest.raises(ModelError, match="does not exist|image/vgg16@1"):
         jt.run(cfg(tmp_path, model="PITF-IC"))
     assert not (tmp_path / "checkpoints").exists()
 
 
-def test_all_skips_models_whose_view_is_missing(tmp_path):
-    write_archive(tmp_path, with_store=False)
+def test_all_skips_models_whose_view_is_missing(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     out = jt.run(cfg(tmp_path, all=True, epochs=1))
     assert set(out["models"]) == {"PITF", "FM"}
     assert "PITF-IC-OD" in out["skipped"] and "social-multilabel" in out["skipped"]
@@ -162,8 +162,8 @@ def test_unknown_model_and_missing_split_are_user_errors(tmp_path):
         jt.run(cfg(tmp_path, model="PITF", max_row_samples=0))
 
 
-def test_unseen_validation_tags_are_dropped_and_counted(tmp_path):
-    write_archive(tmp_path, with_store=False)
+def test_unseen_validation_tags_are_dropped_and_counted(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     val = pq.read_table(tmp_path / "split" / "val.parquet").to_pylist()
     val[0]["tags"] = val[0]["tags"] + ["never-seen"]
     pq.write_table(pa.Table.from_pylist(val, schema=pq.read_schema(tmp_path / "split" / "val.parquet")),
@@ -172,8 +172,8 @@ def test_unseen_validation_tags_are_dropped_and_counted(tmp_path):
     assert out["dropped"]["val_tags_unseen_in_train"] == 1
 
 
-def test_tune_picks_from_the_grid(tmp_path):
-    write_archive(tmp_path, with_store=False)
+def test_tune_picks_from_the_grid(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     out = jt.run(cfg(tmp_path, model="FM", tune=True, tune_epochs=2, epochs=2, lr_grid=[0.001, 0.1],
                      reg_grid=[1e-4]))
     meta = load(tmp_path / "models" / "FM").meta
@@ -181,9 +181,9 @@ def test_tune_picks_from_the_grid(tmp_path):
     assert out["models"]["FM"]["lr"] == max(meta["training"]["tuning"], key=lambda r: r["val_f1@5"])["lr"]
 
 
-def test_killed_worker_of_two_restarts_both_and_matches_an_uninterrupted_run(tmp_path, ray_local):
+def test_killed_worker_of_two_restarts_both_and_matches_an_uninterrupted_run(tmp_path, ray_local, recsys_split):
     """Rank 1 dies while rank 0 waits in the all-reduce: both restart from the last epoch."""
-    write_archive(tmp_path, with_store=False)
+    recsys_split(tmp_path, with_store=False)
     data = jt.load_split(tmp_path / "split")
     bpr = jt.BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=3, seed=0)
     ref, _ = jt.fit("FM", data, cfg(tmp_path / "a", num_workers=2), bpr, 0, "cpu", ckpt=None)
@@ -193,8 +193,8 @@ def test_killed_worker_of_two_restarts_both_and_matches_an_uninterrupted_run(tmp
         torch.testing.assert_close(got.state_dict()[k], v, rtol=0, atol=0)
 
 
-def test_more_workers_than_cpus_is_a_user_error(tmp_path, ray_local):
-    write_archive(tmp_path, with_store=False)
+def test_more_workers_than_cpus_is_a_user_error(tmp_path, ray_local, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     with pytest.raises(JobError, match="--num-workers 5 needs 5 CPUs but the Ray cluster has 2"):
         jt.run(cfg(tmp_path, model="PITF", num_workers=5))
 
@@ -206,13 +206,13 @@ def _most_popular_f1(data: jt.SplitData) -> float:
     return metrics_at_k(np.tile(top, (len(data.val), 1)), data.val.indptr, data.val.indices, ks=(5,))["f1@5"]
 
 
-def test_collinear_relu_features_with_one_batch_per_epoch_stay_finite_and_learn(tmp_path):
+def test_collinear_relu_features_with_one_batch_per_epoch_stay_finite_and_learn(tmp_path, recsys_split):
     """The demo's divergence: non-negative, nearly collinear image features (like ReLU + GAP
     activations of a random CNN: cosine ~0.99 between any two), the whole epoch in one batch
     (batch size 4096 > pairs), every other setting the job's default (lr, reg, dim, epochs).
     Summed over the batch, the projections' gradients added up along the common direction
     and training diverged in epoch 26; centring + the capped row step must keep it finite."""
-    s = write_archive(tmp_path, n_users=60)
+    s = recsys_split(tmp_path, n_users=60)
     from featurestore import Store
 
     rng = np.random.default_rng(1)
@@ -241,11 +241,11 @@ def test_collinear_relu_features_with_one_batch_per_epoch_stay_finite_and_learn(
     np.testing.assert_allclose(centre, want, rtol=1e-3, atol=1e-5)
 
 
-def test_all_records_a_diverging_model_and_trains_the_others(tmp_path, monkeypatch, caplog):
+def test_all_records_a_diverging_model_and_trains_the_others(tmp_path, monkeypatch, caplog, recsys_split):
     """--all: a NumericalError in one model is a result (summary 'failed'), not the job's end;
     exit code 0 while one model trained. Fault injection: FM's training raises, as a
     divergence would (the divergence itself is real in the single-model case below)."""
-    write_archive(tmp_path, with_store=False)
+    recsys_split(tmp_path, with_store=False)
     from jobs._cli import run_job
     from models.errors import NumericalError
 
@@ -266,8 +266,8 @@ def test_all_records_a_diverging_model_and_trains_the_others(tmp_path, monkeypat
     assert not (tmp_path / "models" / "FM").exists()
 
 
-def test_single_diverging_model_exits_2_with_one_line(tmp_path, capsys):
-    write_archive(tmp_path, with_store=False)
+def test_single_diverging_model_exits_2_with_one_line(tmp_path, capsys, recsys_split):
+    recsys_split(tmp_path, with_store=False)
     from jobs._cli import run_job
 
     code = run_job("train", jt.TrainConfig, jt.run, ["--out", str(tmp_path), "--model", "FM", "--dim", "8",

@@ -8,29 +8,56 @@
 Names: PITF, FM, PITF-IC, PITF-OD, PITF-IC-OD, FM-IC, FM-OD, FM-IC-OD, each also with
 "+SN", and social-multilabel, visual-multilabel. The frequency baselines (most-popular,
 user-popular) live in models/baselines.py.
+
+Each name's `ModelEntry` (`model_entry(name)`) says which store features it reads, which
+trainer trains it (`trainer.Trainer`: `bpr.BPRTrainer` or `multilabel.MultiLabelTrainer`),
+that trainer's settings class and which size hyperparameter a job sets, so a job drives
+every model the same way without asking what kind it is.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from models.errors import ModelError
 from models.recsys import factorization, multilabel
+from models.recsys.bpr import BPRConfig, BPRTrainer
 from models.recsys.io import load, save
+from models.recsys.multilabel import MultiLabelConfig, MultiLabelTrainer
+from models.recsys.trainer import Trainer
 
-_REGISTRY: dict[str, Callable[..., Any]] = {}
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """What a job needs to know about a model name (as torchvision's weights carry `meta`)."""
+
+    name: str
+    builder: Callable[..., Any]        # builder(name, n_users=, n_items=, n_tags=, sn_dim=, seed=, device=, **size)
+    features: tuple[str, ...]          # store features it reads: "ic", "od", "sn" (models.views)
+    trainer: type[Trainer]             # how it trains (one partition's epochs)
+    config: type                       # its trainer's settings: BPRConfig or MultiLabelConfig
+    size: tuple[str, ...] = ()         # builder hyperparameters a job sets from its flags ("dim", "hidden")
+    tunable: bool = False              # `--tune` searches its lr × reg
 
 
-def register_model(name: str, builder: Callable[..., Any]) -> None:
-    """Add a builder `builder(name, **hp)` under `name`."""
-    _REGISTRY[name] = builder
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def register_model(name: str, builder: Callable[..., Any], features: tuple[str, ...] = (),
+                   trainer: type[Trainer] = BPRTrainer, config: type = BPRConfig, size: tuple[str, ...] = (),
+                   tunable: bool = False) -> None:
+    """Add model `name`: its builder `builder(name, **hp)` and the metadata of its `ModelEntry`."""
+    _REGISTRY[name] = ModelEntry(name, builder, tuple(features), trainer, config, tuple(size), tunable)
 
 
 for _n in factorization.NAMES:
-    register_model(_n, factorization.FactorizationModel)
+    register_model(_n, factorization.FactorizationModel, factorization.parse_name(_n).features,
+                   BPRTrainer, BPRConfig, size=("dim",), tunable=True)
 for _n in multilabel.NAMES:
-    register_model(_n, multilabel.MultiLabelNet)
+    register_model(_n, multilabel.MultiLabelNet, multilabel.features_of(_n),
+                   MultiLabelTrainer, MultiLabelConfig, size=("hidden",))
 
 
 def list_models() -> list[str]:
@@ -38,23 +65,26 @@ def list_models() -> list[str]:
     return list(_REGISTRY)
 
 
-def get_model(name: str, **hp: Any) -> Any:
-    """Build model `name` with hyperparameters `hp`; ModelError listing valid names if unknown."""
+def model_entry(name: str) -> ModelEntry:
+    """The registry entry of `name`; ModelError listing the valid names if unknown."""
     if name not in _REGISTRY:
         raise ModelError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+    return _REGISTRY[name]
+
+
+def get_model(name: str, **hp: Any) -> Any:
+    """Build model `name` with hyperparameters `hp`; ModelError listing valid names if unknown."""
+    entry = model_entry(name)
     try:
-        return _REGISTRY[name](name, **hp)
+        return entry.builder(name, **hp)
     except TypeError as e:  # a misspelt hyperparameter: say which
         raise ModelError(f"model {name}: bad hyperparameters {sorted(hp)}: {e}") from None
 
 
 def required_features(name: str) -> tuple[str, ...]:
     """Store features ('ic', 'od', 'sn') that model `name` reads."""
-    if name in factorization.NAMES:
-        return factorization.parse_name(name).features
-    if name in multilabel.NAMES:
-        return ("ic", "sn") if name == "social-multilabel" else ("ic",)
-    raise ModelError(f"unknown model {name!r}; valid: {', '.join(list_models())}")
+    return model_entry(name).features
 
 
-__all__ = ["get_model", "list_models", "register_model", "required_features", "save", "load", "ModelError"]
+__all__ = ["ModelEntry", "get_model", "list_models", "model_entry", "register_model", "required_features",
+           "save", "load", "ModelError"]

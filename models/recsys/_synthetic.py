@@ -27,7 +27,7 @@ import numpy as np
 
 @dataclass
 class SynthArchive:
-    """Split posts as arrays: the shapes `models.recsys.bpr.PostData` is built from."""
+    """Split posts as arrays: the shapes `models.recsys.data.PostData` is built from."""
 
     n_users: int
     n_tags: int

@@ -23,7 +23,7 @@ def topk_tags(model, batch: dict[str, np.ndarray], k: int, block: int = 8192) ->
 
 
 def evaluate(model, data, ks: tuple[int, ...] = (5,)) -> dict[str, float]:
-    """P/R/F1/Acc@k over the posts of `data` (a bpr.PostData), via models.metrics."""
+    """P/R/F1/Acc@k over the posts of `data` (a PostData), via models.metrics."""
     if len(data) == 0:
         return {f"f1@{k}": 0.0 for k in ks}
     top = topk_tags(model, data.batch(), max(ks))

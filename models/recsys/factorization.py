@@ -12,9 +12,8 @@ node2vec vector, so a user with few or no training posts still gets a personal t
 In +SN models the user rows v_u start at zero (everything else at N(0, σ²) as in
 Algorithm 1): the social term already gives every user a starting point, and a user with
 one or two training posts keeps v_u close to its start, so a random start would be noise
-of norm ~σ·√k on top of the social prior exactly where the prior matters (measured on the
-synthetic archive, 1000 users, k = 32: F1@5 on users with <= 2 training posts of
-PITF-IC-OD+SN 0.295 with random user rows, 0.318 with zero ones; base PITF-IC-OD 0.295).
+of norm ~σ·√k on top of the social prior exactly where the prior matters (zero rows score
+better on those users: benchmarks/results/design-measurements.md).
 The gradient of v_u does not vanish at zero (it is `-(a_t+ - a_t-)σ(-x)`, and the tag
 rows start random), so users with history still learn their own factor.
 
@@ -22,7 +21,7 @@ Every score is one inner product (docs/interfaces.md): the model is a list of *b
 each a tag table (T, k) paired with a post-side vector that is a sum of *components*
 (user row, item row, projected IC / OD / SN feature); a bias w_t pairs with a constant 1.
 `post_vectors` concatenates the blocks' post sides (and the 1), `tag_matrix` the tag tables
-(and w). The BPR steps in `bpr.py` work on the same blocks.
+(and w). The BPR steps in `bpr_step.py` work on the same blocks.
 
 Feature vectors enter L2-normalised, centred and L2-normalised again (zero where missing):
 VGG16 pooled activations vary in scale from image to image, and a unit scale lets one
@@ -51,7 +50,7 @@ from models.views import FEATURE_DIMS  # sn: the store view's dim, given at cons
 FAMILIES = ("PITF", "FM")
 CONTENTS = {"": (), "-IC": ("ic",), "-OD": ("od",), "-IC-OD": ("ic", "od")}
 CENTRE_CHUNK = 65536  # posts per chunk in fit_centre: bounds its float32 working copy
-_BASES = ("PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD")  # the issue's order
+_BASES = ("PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD")  # the papers' order
 NAMES = _BASES + tuple(b + "+SN" for b in _BASES)
 
 

@@ -1,4 +1,4 @@
-"""Saved recommenders: `weights.safetensors` + `model.json`, never pickle (issue 10).
+"""Saved recommenders: `weights.safetensors` + `model.json`, never pickle.
 
     <dir>/weights.safetensors   every parameter, plus int64 `user_ids` / `item_ids`
                                 (the training vocabularies: row r of the user table is user_ids[r])

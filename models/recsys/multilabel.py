@@ -23,7 +23,7 @@ Two choices make the paper's settings train on these features and any number of 
 
 Training (`MultiLabelTrainer`) is data-parallel: with `world > 1` each worker holds a shard
 of the posts, and in each step every worker adds up the gradient of its posts' summed loss;
-one all-reduce (`bpr.TorchDistSync`, the BPR path's process group) sums the gradients and
+one all-reduce (`distributed.TorchDistSync`, the same process group as BPR) sums the gradients and
 the post counts, and every worker divides by the global count and takes the same SGD
 step, so the replicas stay identical. Which step a post falls in and its dropout mask are
 functions of (seed, epoch, post key) only — a counter-based hash, not a per-worker random
@@ -44,11 +44,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.errors import ModelError
+from models.recsys.data import PostData
 from models.recsys.factorization import _tensor, l2_normalise
+from models.recsys.trainer import Partition, Trainer, train_epochs
 from models.views import FEATURE_DIMS
 
 NAMES = ("social-multilabel", "visual-multilabel")
 TAG_REDUCTIONS = ("sum", "mean")
+
+
+def features_of(name: str) -> tuple[str, ...]:
+    """Store features a multi-label net reads: the image, and the user vector for the social one."""
+    return ("ic", "sn") if name == "social-multilabel" else ("ic",)
 
 
 class _Net(nn.Module):
@@ -90,7 +97,7 @@ class MultiLabelNet:
 
     @property
     def features(self) -> tuple[str, ...]:
-        return ("ic", "sn") if self.social else ("ic",)
+        return features_of(self.name)
 
     @property
     def hyperparameters(self) -> dict:
@@ -201,19 +208,19 @@ class MultiLabelConfig:
     tag_reduction: str = "sum"  # "sum": per-post loss (module docstring); "mean": torch's default
 
 
-class MultiLabelTrainer:
+class MultiLabelTrainer(Trainer):
     """SGD epochs over one shard of the posts (all of them when world == 1).
 
-    data: a bpr.PostData; keys (n,) int64: each post's global key (its row in the whole
+    data: a PostData; keys (n,) int64: each post's global key (its row in the whole
     training set), which fixes its step and dropout mask; default 0..n-1. total_posts: posts
     over all shards, so every worker takes the same number of steps (the collectives line up).
-    sync: an object with `allreduce_(list of tensors)` summing in place (bpr.TorchDistSync).
+    sync: an object with `allreduce_(list of tensors)` summing in place (distributed.TorchDistSync).
     """
 
-    def __init__(self, model: MultiLabelNet, data: Any, cfg: MultiLabelConfig, total_posts: int | None = None,
+    def __init__(self, model: MultiLabelNet, data: PostData, cfg: MultiLabelConfig, total_posts: int | None = None,
                  rank: int = 0, world: int = 1, sync: Any = None, keys: np.ndarray | None = None) -> None:
         if world > 1 and sync is None:
-            raise ModelError("a trainer with world > 1 needs a sync (bpr.TorchDistSync)")
+            raise ModelError("a trainer with world > 1 needs a sync (distributed.TorchDistSync)")
         if cfg.tag_reduction not in TAG_REDUCTIONS:
             raise ModelError(f"tag_reduction {cfg.tag_reduction!r} is not one of {TAG_REDUCTIONS}")
         if cfg.batch_size < 1 or cfg.lr <= 0 or not 0 <= cfg.momentum < 1:
@@ -226,6 +233,35 @@ class MultiLabelTrainer:
         self.n_steps = max(1, math.ceil((len(data) if total_posts is None else total_posts) / cfg.batch_size))
         self.named = list(model.net.named_parameters())
         self.opt = torch.optim.SGD([p for _, p in self.named], lr=cfg.lr, momentum=cfg.momentum)
+
+    unit = "posts"
+    advice = "lower --ml-lr"
+
+    @classmethod
+    def for_partition(cls, model: Any, data: PostData, cfg: Any, part: Partition | None = None) -> MultiLabelTrainer:
+        part = part or Partition()
+        total = cls.work_units(data) if part.total is None else part.total
+        return cls(model, data, cfg, total, part.rank, part.world, part.sync, part.keys)
+
+    @staticmethod
+    def work_units(data: PostData) -> int:
+        return len(data)
+
+    @classmethod
+    def describe(cls, model: Any, cfg: Any) -> dict[str, Any]:
+        return {"lr": cfg.lr, "momentum": cfg.momentum, "batch_size": cfg.batch_size,
+                "tag_reduction": cfg.tag_reduction, "hidden": model.hidden_dim, "dropout": model.dropout}
+
+    def owned_state(self) -> dict[str, Any]:
+        """The replicas are identical: rank 0 sends the weights and the optimizer state."""
+        if self.rank:
+            return {}
+        return {"net": self.model.state_dict(), "optimizer": self.optimizer_state()}
+
+    @staticmethod
+    def merge_states(model: Any, states: list[dict[str, Any]]) -> dict[str, Any]:
+        model.load_state_dict(states[0]["net"])
+        return states[0]["optimizer"]
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         """One pass over this shard; (summed per-post loss, posts)."""
@@ -291,26 +327,17 @@ def train_multilabel(model: MultiLabelNet, data: Any, epochs: int, lr: float = 0
                      batch_size: int = 450, seed: int = 0, start_epoch: int = 0,
                      on_epoch: Callable[[int, float], None] | None = None, tag_reduction: str = "sum",
                      optimizer_state: dict[str, Any] | None = None) -> list[float]:
-    """Single-process SGD on `data` (a bpr.PostData) for epochs; returns the mean loss per post.
+    """Single-process SGD on `data` (a PostData) for epochs; returns the mean loss per post.
 
     tag_reduction: "sum" (the per-post loss, as `jobs.train` and `MultiLabelConfig` use) or
     "mean" (torch's default; "mean" at lr x equals "sum" at lr x/T).
     optimizer_state: momentum buffers to resume from.
     """
-    from models.recsys.bpr import check_finite
-
     cfg = MultiLabelConfig(lr=lr, momentum=momentum, batch_size=batch_size, epochs=epochs, seed=seed,
                            tag_reduction=tag_reduction)
-    trainer = MultiLabelTrainer(model, data, cfg)
+    trainer = MultiLabelTrainer.for_partition(model, data, cfg)
     if optimizer_state:
         trainer.load_optimizer_state(optimizer_state)
-    losses = []
-    for epoch in range(start_epoch, epochs):
-        total, n = trainer.run_epoch(epoch)
-        mean = total / max(n, 1)
-        check_finite(model, mean, epoch, {"lr": lr, "momentum": momentum, "batch_size": batch_size,
-                                          "hidden": model.hidden_dim, "dropout": model.dropout})
-        losses.append(mean)
-        if on_epoch is not None:
-            on_epoch(epoch, mean)
-    return losses
+    hook = (lambda epoch, mean, n, s: on_epoch(epoch, mean)) if on_epoch is not None else None
+    return train_epochs(trainer, model, epochs, start_epoch, MultiLabelTrainer.describe(model, cfg),
+                        MultiLabelTrainer.advice, hook)

@@ -61,6 +61,9 @@ def test_prepare_social_influence_and_embed_users_read_s3_like_local_files(archi
                                      walk_length=8, walks_per_node=2, dim=8, window=2, sg_workers=1))
         res[name] = (out, si, emb)
     (a, si_a, emb_a), (b, si_b, emb_b) = res["local"], res["s3"]
+    secret = s3_env()["AWS_SECRET_ACCESS_KEY"]
+    for f in b.rglob("*.json"):                    # configs and summaries name URIs, never credentials
+        assert secret not in f.read_text(), f
     for part in ("train", "val", "test"):
         assert pq.read_table(a / "split" / f"{part}.parquet").equals(pq.read_table(b / "split" / f"{part}.parquet"))
     assert si_a["mean_sp"] == si_b["mean_sp"] and si_a["pairs"] == si_b["pairs"]
@@ -227,5 +230,8 @@ def test_pipeline_on_an_s3_archive_equals_the_pipeline_on_local_files(archive, s
     objects = {k.rsplit("/", 1)[1]: v for k, v in s3_server.objects("pipeline-out", "run/topk/PITF-IC-OD+SN/").items()
                if "/part-" in k}
     assert parts and objects == parts
+    key_id, secret = s3_server.keys["admin"]
+    for f in remote.rglob("*.json"):               # configs and summaries name URIs, never credentials
+        assert secret not in f.read_text() and key_id not in f.read_text(), f
     evaluation = json.loads(s3_server.objects("pipeline-out", "run/reports/")["run/reports/evaluation.json"])
     assert evaluation == json.loads((local / "evaluation.json").read_text())

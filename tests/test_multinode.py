@@ -1,5 +1,6 @@
 """Jobs on a Ray cluster of three nodes on this machine (tests/_ray_cluster.py): each job's outputs
 equal the single-node run's, and its summary says which node did what (the test checks placement).
+embed_users and score run in the default suite; train and extract (heavier) are marked slow.
 
 The single-node reference runs in this process on the session's local Ray (`ray_local`); the
 cluster runs are subprocesses joining with --ray-address, as a `ray job submit` driver on the head.
@@ -86,6 +87,7 @@ def test_embed_users_walks_spread_over_nodes_and_vectors_equal_single_node(archi
     assert va.tobytes() == vb.tobytes()                 # bit-identical vectors (--sg-workers 1)
 
 
+@pytest.mark.slow
 def test_train_two_workers_on_two_nodes_equal_the_single_node_run(archive, ray_cluster, ray_local, tmp_path):
     import torch
 

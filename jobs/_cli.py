@@ -47,7 +47,7 @@ def arg(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclasses.dataclass
 class ArchiveArgs:
-    """The command-line contract every job keeps (issue 2): where inputs and outputs live."""
+    """The command-line contract every job keeps: where inputs and outputs live."""
 
     posts: str = arg("", "posts.parquet of the archive (post_id, user_id, image, tags[, item_id]): a path or "
                          "a URI (s3://bucket/key, gs://, file://); empty: <out>/archive/posts.parquet")
@@ -81,7 +81,7 @@ class ArchiveArgs:
 
 @dataclasses.dataclass
 class SplitArgs:
-    """Preprocessing and split flags (issue 2), shared by the stages that read the split."""
+    """Preprocessing and split flags, shared by the stages that read the split."""
 
     p_core: int = arg(0, "p-core filter: keep users and tags that occur in >= p posts (0: off)")
     p_core_items: bool = arg(False, "apply the p-core to items too (data where many users tag one item)")

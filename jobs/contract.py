@@ -37,9 +37,8 @@ EDGES_OPTIONAL = {"weight": "float"}
 
 _SHOW = 5  # offending rows named in a message
 # Streamed reads: no pre-buffering of every row group's column chunks and no decode threads.
-# Both make Arrow's allocator hold more memory at once (and keep it): reading the four checked
-# columns of 10^6 posts peaked at +76 MB and kept +56 MB with them, +46 / +10 MB without,
-# in about the same time (0.2-0.3 s).
+# Both make Arrow's allocator hold more memory at once (and keep it), in about the same time
+# (benchmarks/results/design-measurements.md).
 _STREAM = {"use_threads": False}
 
 

@@ -1,4 +1,4 @@
-"""Preprocessing and the leave-posts-out split (issue 2): `python -m jobs.prepare`.
+"""Preprocessing and the leave-posts-out split: `python -m jobs.prepare`.
 
     read_posts → drop untagged → drop over-used personal tags → top-N tags → p-core
     (users, tags[, items]) to a fixed point → per user: n posts to test, n to validation

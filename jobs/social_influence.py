@@ -1,4 +1,4 @@
-"""`python -m jobs.social_influence`: do connected users tag alike? (issue 5)
+"""`python -m jobs.social_influence`: do connected users tag alike?
 
 The test of "Image Tag Recommendation by Exploiting Social-Network Metadata":
 for each connected pair (u_i, u_j) draw a user u_k not connected to u_i; for each

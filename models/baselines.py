@@ -1,4 +1,4 @@
-"""The non-personal and personal frequency baselines (issue 2).
+"""The non-personal and personal frequency baselines.
 
 `most-popular`: the globally most frequent training tags, the same list for every post.
 `user-popular`: the user's own most frequent tags, ties and the rest of the list filled

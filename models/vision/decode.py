@@ -1,6 +1,6 @@
 """Image decoding with bounded work: bytes -> (H, W, 3) uint8 RGB, or a reason it failed.
 
-Untrusted input (issue 10): the pixel count is checked from the header *before* decoding
+Untrusted input: the pixel count is checked from the header *before* decoding
 (decompression bombs -> `too-many-pixels`), the byte size is capped, only the first frame of an
 animation is decoded and only a fixed set of formats is tried. Decode work is linear in
 bytes + pixels, so both caps together bound decode time. Any failure is a `DecodeFailure` with

@@ -19,7 +19,7 @@ REF_USERS = 2000   # user table of the model stepped by bpr_step_reference
 def bpr_steps() -> dict[str, Callable[..., Any]]:
     """The BPR step functions this check runs, imported in this one place (re-point it here if
     models/recsys/bpr.py moves them)."""
-    from models.recsys.bpr import bpr_step_autograd, bpr_step_fused, bpr_step_reference
+    from models.recsys.bpr_step import bpr_step_autograd, bpr_step_fused, bpr_step_reference
 
     return {"fused": bpr_step_fused, "autograd": bpr_step_autograd, "reference": bpr_step_reference}
 

@@ -1,4 +1,4 @@
-"""Benchmark of issue 4: the extract job against a bare loop, and the models' kernels.
+"""Benchmark of image feature extraction: the extract job against a bare loop, and the models' kernels.
 
     python benchmarks/extract.py --quick      # < 1 min on 2 CPU cores
 

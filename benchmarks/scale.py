@@ -1,7 +1,7 @@
-"""Archive-scale benchmark (issue 9): wall time and peak memory of each job at two sizes 10x apart.
+"""Archive-scale benchmark: wall time and peak memory of each job at two sizes 10x apart.
 
     .venv/bin/python benchmarks/scale.py --quick                 # sizes 10-1000x smaller (QUICK), ~8 min
-    .venv/bin/python benchmarks/scale.py                         # the issue's sizes (long)
+    .venv/bin/python benchmarks/scale.py                         # the target sizes (long)
     .venv/bin/python benchmarks/scale.py --jobs extract,train --workdir /tmp/tagrec-scale
 
 Per job and size: the inputs are built first (`jobs.synth --no-images`, `jobs.prepare`, a
@@ -14,11 +14,11 @@ driver, raylet, Ray workers). Memory figures:
 * `rss`: peak of the plain RSS sum (adds file-backed pages: LMDB's map, mmapped spill files,
   libraries; and counts shared memory once per process).
 
-Inputs per job (size = the issue's unit):
+Inputs per job (size = the target's unit):
   extract      posts in the manifest; users = posts/10; no image files (every image 'missing':
                bookkeeping + error records, not the CNNs); --random-weights
   embed_users  users; posts = users; ~10 follows per user (--avg-degree 11); walks and walk
-               length from --walks/--walk-length (default the issue's 10 x 80: 8e8 walk tokens at
+               length from --walks/--walk-length (default 10 x 80: 8e8 walk tokens at
                10^6 users, ~30 min with the numba skip-gram, ~3 h with gensim's)
   embed_walks  the same inputs; only embed_users' read + CSR graph + Ray walk phase, at 10 x 80
   train        (post, tag) assignments; posts = size / 2.456 (synth's mean tags per post),
@@ -33,7 +33,7 @@ RATIO lines (>1 = better, as every benchmark in this repo):
                                 wall time when other work shares the machine)
   RATIO <job>_mem_flatness    = 10 / (anon(big) / anon(small))   (1 = memory grows as fast as the
                                                                   input; >>1 = it streams)
-  RATIO <job>_mem_headroom    = bound / anon(big)                (>= 1: within the issue's bound)
+  RATIO <job>_mem_headroom    = bound / anon(big)                (>= 1: within the bound)
 """
 
 from __future__ import annotations
@@ -117,7 +117,7 @@ finally:
 
 
 def setup_embed_walks(work: Path, n: int, args: argparse.Namespace) -> list[str]:
-    """embed_users' read + graph + walk phase alone at the issue's 10 x 80 (skip-gram excluded:
+    """embed_users' read + graph + walk phase alone at 10 x 80 (skip-gram excluded:
     at 10^6 users that is 8e8 tokens, hours of gensim on 2 cores)."""
     d = work / f"embed-{n}"
     synth(d, n, n, "--avg-degree", "11")
@@ -225,12 +225,12 @@ def report(log: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--quick", action="store_true", help="the QUICK sizes (10-1000x smaller than the issue's)")
+    ap.add_argument("--quick", action="store_true", help="the QUICK sizes (10-1000x smaller than the target sizes)")
     ap.add_argument("--jobs", default="extract,embed_walks,embed_users,train,score", help="comma list")
     ap.add_argument("--sizes", default="", help="override: comma list of sizes for every job given")
     ap.add_argument("--workdir", default="/tmp/tagrec-scale", help="inputs are cached here")
-    ap.add_argument("--walks", type=int, default=10, help="embed_users --walks-per-node (the issue: 10)")
-    ap.add_argument("--walk-length", type=int, default=80, help="embed_users --walk-length (the issue: 80)")
+    ap.add_argument("--walks", type=int, default=10, help="embed_users --walks-per-node (target: 10)")
+    ap.add_argument("--walk-length", type=int, default=80, help="embed_users --walk-length (target: 80)")
     ap.add_argument("--num-cpus", type=int, default=2, help="local Ray CPUs of every job")
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per measured run")
     ap.add_argument("--log", default="", help="append each row as JSON to this file")

@@ -1,4 +1,4 @@
-"""Feature store vs raw py-lmdb doing the same work, on the same data, in one run (issue 3).
+"""Feature store vs raw py-lmdb doing the same work, on the same data, in one run.
 
 Work measured (each side in its own fresh environment, same LMDB settings: sync on commit):
   put      sorted batches of 10k (ids ascending), one transaction per batch (opening the

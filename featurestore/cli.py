@@ -1,6 +1,8 @@
 """`python -m featurestore`: inspect, read, export, index, verify and snapshot a store.
 
-Every command opens the store read-only, so it is safe while a writer is writing.
+Every command opens the store read-only, so it is safe while a writer is writing. The store is a
+local folder; `export --out` and `index --out` also take URIs (s3://bucket/key, gs://), with
+credentials and endpoint from the standard AWS/GCS variables, never from the command line.
 Exit codes: 0 ok, 1 `verify` found problems, 2 a usage or store error (one line on stderr).
 """
 
@@ -16,11 +18,13 @@ import numpy as np
 
 from featurestore.errors import StoreError
 from featurestore.store import Store
+from featurestore.uri import UriError
 
 EPILOG = """examples:
   python -m featurestore info runs/demo/store
   python -m featurestore get runs/demo/store --view image/vgg16@1 42 43
   python -m featurestore export runs/demo/store --view image/vgg16@1 --out ic.parquet
+  python -m featurestore export runs/demo/store --view image/vgg16@1 --out s3://bucket/features/ic.parquet
   python -m featurestore index runs/demo/store --view image/vgg16@1 --out ic_index --kind flat
   python -m featurestore verify runs/demo/store
   python -m featurestore snapshot runs/demo/store backups/store-2026-11-23
@@ -42,12 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("export", help="write a view to Parquet (id int64 + vector list<float>, or record fields)")
     s.add_argument("store", help="store folder")
     s.add_argument("--view", required=True, help="view name")
-    s.add_argument("--out", required=True, help="output .parquet file")
+    s.add_argument("--out", required=True, help="output .parquet file: a path or a URI (s3://bucket/key)")
     s.add_argument("--batch-size", type=int, default=65536, help="rows per row group / scan batch")
     s = sub.add_parser("index", help="build a faiss index (flat or IVF) with its id mapping (needs faiss)")
     s.add_argument("store", help="store folder")
     s.add_argument("--view", required=True, help="vector view name")
-    s.add_argument("--out", required=True, help="output folder: index.faiss, ids.npy, index.json")
+    s.add_argument("--out", required=True, help="output folder or URI prefix: index.faiss, ids.npy, index.json")
     s.add_argument("--kind", choices=("flat", "ivf", "auto"), default="auto",
                    help="flat (exact) or ivf (approximate, for large views); auto: ivf from 100k rows")
     s.add_argument("--metric", choices=("ip", "l2"), default="ip", help="inner product or L2")
@@ -149,7 +153,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return run(args)
-    except (StoreError, FileNotFoundError, PermissionError) as e:
+    except (StoreError, UriError, FileNotFoundError, PermissionError) as e:
         print(f"featurestore {args.cmd}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

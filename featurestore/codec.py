@@ -1,6 +1,6 @@
 """Key and value codecs: ids <-> 8-byte big-endian keys, arrays <-> raw little-endian bytes.
 
-Everything here is pure numpy (no LMDB) so it can be property-tested alone (issue 10).
+Everything here is pure numpy (no LMDB) so it can be property-tested alone.
 Keys are unsigned big-endian so that byte order is numeric order; ids are non-negative
 int64 (0 .. 2**63 - 1). Values are the raw little-endian bytes of one fixed-size record
 whose layout lives in the view's metadata, never pickle.

@@ -3,10 +3,14 @@
 Parquet columns: `id` int64 and `vector` list<float> (float32) for vector views, or one
 list column per record field (e.g. `tags` list<int32>, `scores` list<float>) for record
 views. Memory is bounded by one scan batch. faiss is imported only in `build_index`.
+
+Outputs go to a local path or a URI (s3://bucket/key, gs://: `featurestore.uri`), and appear
+only once written whole; the store itself stays a local path.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from collections.abc import Iterator
@@ -14,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from featurestore import uri
 from featurestore.errors import StoreError
 from featurestore.reader import Reader
 
@@ -48,30 +53,24 @@ def arrow_batches(reader: Reader, batch_size: int = 65536) -> Iterator[Any]:
 
 def export_parquet(reader: Reader, out: str | os.PathLike, batch_size: int = 65536,
                    compression: str = "zstd") -> int:
-    """Write the view to one Parquet file (one row group per scan batch); returns the row count."""
+    """Write the view to one Parquet file (one row group per scan batch) at a path or URI;
+    returns the row count. Readers never see a half-written file (`uri.atomic_output`)."""
     import pyarrow.parquet as pq
 
-    out = os.fspath(out)
-    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    tmp = out + ".tmp"
-    writer = None
     rows = 0
-    try:
-        for rb in arrow_batches(reader, batch_size):
-            if writer is None:
-                writer = pq.ParquetWriter(tmp, rb.schema, compression=compression)
-            writer.write_batch(rb)
-            rows += rb.num_rows
-        if writer is None:                       # empty view: still a valid file with the schema
-            writer = pq.ParquetWriter(tmp, _empty_schema(reader), compression=compression)
-        writer.close()
+    with uri.atomic_output(out) as f:
         writer = None
-        os.replace(tmp, out)                     # readers never see a half-written file
-    finally:
-        if writer is not None:
-            writer.close()
-        if os.path.exists(tmp):
-            os.remove(tmp)
+        try:
+            for rb in arrow_batches(reader, batch_size):
+                if writer is None:
+                    writer = pq.ParquetWriter(f, rb.schema, compression=compression)
+                writer.write_batch(rb)
+                rows += rb.num_rows
+            if writer is None:                   # empty view: still a valid file with the schema
+                writer = pq.ParquetWriter(f, _empty_schema(reader), compression=compression)
+        finally:
+            if writer is not None:
+                writer.close()
     return rows
 
 
@@ -103,7 +102,8 @@ def build_index(reader: Reader, out_dir: str | os.PathLike, kind: str = "auto", 
     """Build a faiss index over a vector view and save it with the id mapping.
 
     Writes `index.faiss` (ids inside: IndexIDMap2 for flat, IVF's own ids), `ids.npy`
-    (int64, row order of insertion) and `index.json` (view, kind, metric, dim, count).
+    (int64, row order of insertion) and `index.json` (view, kind, metric, dim, count) into
+    `out_dir`, a local folder or a URI prefix; index.json is written last.
     kind: flat | ivf | auto (IVF from IVF_MIN_ROWS rows); metric: ip (inner product) | l2.
     """
     faiss = _faiss()
@@ -130,14 +130,13 @@ def build_index(reader: Reader, out_dir: str | os.PathLike, kind: str = "auto", 
     for ids, vals in reader.scan(batch_size=batch_size):
         index.add_with_ids(np.ascontiguousarray(vals, dtype=np.float32), ids)
         all_ids.append(ids)
-    out_dir = os.fspath(out_dir)
-    os.makedirs(out_dir, exist_ok=True)
-    faiss.write_index(index, os.path.join(out_dir, "index.faiss"))
-    np.save(os.path.join(out_dir, "ids.npy"), np.concatenate(all_ids))
+    uri.write_bytes(uri.join(out_dir, "index.faiss"), faiss.serialize_index(index).tobytes())
+    ids_npy = io.BytesIO()
+    np.save(ids_npy, np.concatenate(all_ids))
+    uri.write_bytes(uri.join(out_dir, "ids.npy"), ids_npy.getvalue())
     meta = {"view": info.name, "kind": kind, "metric": metric, "dim": d, "count": int(index.ntotal),
             "nlist": int(nlist) if kind == "ivf" else 0, "producer": info.producer}
-    with open(os.path.join(out_dir, "index.json"), "w") as f:
-        json.dump(meta, f, indent=2)
+    uri.write_bytes(uri.join(out_dir, "index.json"), json.dumps(meta, indent=2).encode())
     return meta
 
 
@@ -151,9 +150,9 @@ def _training_sample(reader: Reader, want: int, n: int, seed: int) -> np.ndarray
 
 
 def load_index(out_dir: str | os.PathLike) -> tuple[Any, np.ndarray, dict[str, Any]]:
-    """(faiss index, ids (n,) int64, metadata) as saved by build_index."""
+    """(faiss index, ids (n,) int64, metadata) as saved by build_index (a folder or a URI prefix)."""
     faiss = _faiss()
-    out_dir = os.fspath(out_dir)
-    with open(os.path.join(out_dir, "index.json")) as f:
-        meta = json.load(f)
-    return faiss.read_index(os.path.join(out_dir, "index.faiss")), np.load(os.path.join(out_dir, "ids.npy")), meta
+    meta = json.loads(uri.read_bytes(uri.join(out_dir, "index.json")))
+    index = faiss.deserialize_index(np.frombuffer(uri.read_bytes(uri.join(out_dir, "index.faiss")), np.uint8))
+    ids = np.load(io.BytesIO(uri.read_bytes(uri.join(out_dir, "ids.npy"))))
+    return index, ids, meta

@@ -79,6 +79,9 @@ class Store:
         """
         if durable not in (True, False, "relaxed"):
             raise StoreError(f"durable must be True, 'relaxed' or False, got {durable!r}")
+        if "://" in os.fspath(path):
+            raise StoreError(f"feature store {os.fspath(path)}: a store is an LMDB folder on a local disk "
+                             "(LMDB needs local file locks and mmap); give a local path on the store's node")
         if max_map_size is not None and max_map_size < map_size:
             map_size = int(max_map_size)
         h = _env.acquire(os.fspath(path), create=create, readonly=readonly, map_size=map_size,

@@ -25,11 +25,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+from featurestore import uri
 from featurestore.errors import StoreError
+from featurestore.uri import UriError
 from jobs.errors import JobError
 from models.errors import ModelError
 
-USER_ERRORS: tuple[type[BaseException], ...] = (JobError, StoreError, ModelError, FileNotFoundError)
+USER_ERRORS: tuple[type[BaseException], ...] = (JobError, StoreError, ModelError, UriError, FileNotFoundError)
 
 C = TypeVar("C")
 
@@ -45,13 +47,14 @@ def arg(default: Any, help: str, **kw: Any) -> Any:
 
 @dataclasses.dataclass
 class ArchiveArgs:
-    """The command-line contract every job keeps (issue 2): where inputs and outputs live."""
+    """The command-line contract every job keeps: where inputs and outputs live."""
 
-    posts: str = arg("", "posts.parquet of the archive (post_id, user_id, image, tags[, item_id]); "
-                         "empty: <out>/archive/posts.parquet")
-    edges: str = arg("", "edges.parquet of the social graph (src, dst[, weight]); "
+    posts: str = arg("", "posts.parquet of the archive (post_id, user_id, image, tags[, item_id]): a path or "
+                         "a URI (s3://bucket/key, gs://, file://); empty: <out>/archive/posts.parquet")
+    edges: str = arg("", "edges.parquet of the social graph (src, dst[, weight]): a path or a URI; "
                          "empty: <out>/archive/edges.parquet")
-    store: str = arg("", "feature store folder (LMDB); empty: <out>/store")
+    store: str = arg("", "feature store folder (LMDB): always a local path, on the store's node (no URIs); "
+                         "empty: <out>/store")
     out: str = arg("runs/demo", "output folder: models, evaluation, reports")
     seed: int = arg(0, "random seed; every stage is deterministic given it")
 
@@ -60,6 +63,14 @@ class ArchiveArgs:
 
     def edges_path(self) -> Path:
         return Path(self.edges) if self.edges else Path(self.out) / "archive" / "edges.parquet"
+
+    def posts_uri(self) -> str:
+        """--posts as given (a local path or a URI: `featurestore.uri`), or the demo archive's."""
+        return self.posts or str(Path(self.out) / "archive" / "posts.parquet")
+
+    def edges_uri(self) -> str:
+        """--edges as given (a local path or a URI), or the demo archive's."""
+        return self.edges or str(Path(self.out) / "archive" / "edges.parquet")
 
     def store_path(self) -> Path:
         return Path(self.store) if self.store else Path(self.out) / "store"
@@ -70,7 +81,7 @@ class ArchiveArgs:
 
 @dataclasses.dataclass
 class SplitArgs:
-    """Preprocessing and split flags (issue 2), shared by the stages that read the split."""
+    """Preprocessing and split flags, shared by the stages that read the split."""
 
     p_core: int = arg(0, "p-core filter: keep users and tags that occur in >= p posts (0: off)")
     p_core_items: bool = arg(False, "apply the p-core to items too (data where many users tag one item)")
@@ -116,6 +127,10 @@ def _coerce(name: str, tp: Any, value: Any, source: str) -> Any:
                 raise TypeError
             return [_coerce(name, inner, v, source) for v in value]
         if origin is dict or base is dict:
+            if isinstance(value, str):          # from the command line: JSON (or YAML) text
+                import yaml
+
+                value = yaml.safe_load(value) if value.strip() else {}
             if not isinstance(value, dict):
                 raise TypeError
             return dict(value)
@@ -230,11 +245,17 @@ def resolve_config(cls: type[C], argv: Sequence[str] | None, prog: str, descript
 # --------------------------------------------------------------------------- outputs
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename), so a killed job leaves no half file."""
+def write_json(path: Path | str, obj: Any) -> None:
+    """Write JSON atomically (temp file + rename, or a whole object on an object store: a URI),
+    so a killed job leaves no half file."""
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    if uri.is_remote(path):
+        uri.write_bytes(path, text.encode())
+        return
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    tmp.write_text(text)
     tmp.replace(path)
 
 

@@ -28,10 +28,11 @@ log = logging.getLogger("jobs.extract")
 
 def decode_batch(batch: dict[str, np.ndarray], vgg_size: int, yolo_size: tuple[int, int],
                  max_pixels: int, max_bytes: int) -> dict[str, np.ndarray]:
-    """CPU task: image paths -> both models' uint8 inputs (decoded once) or an error reason."""
+    """CPU task: image paths or URIs -> both models' uint8 inputs (decoded once) or an error reason."""
     import torch
 
-    from models.vision.decode import DecodeFailure, DecodeLimits, decode_image, read_bytes
+    from jobs._image_io import read_image
+    from models.vision.decode import DecodeFailure, DecodeLimits, decode_image
     from models.vision.extractor import preprocess_image
 
     # No torch.set_num_threads here: on CPU this function is fused into the model actor, whose
@@ -43,9 +44,7 @@ def decode_batch(batch: dict[str, np.ndarray], vgg_size: int, yolo_size: tuple[i
     errors = np.full(n, "", dtype=object)
     for i, path in enumerate(batch["image"]):
         try:
-            if not path:
-                raise DecodeFailure("missing", "no image path")
-            img = torch.from_numpy(decode_image(read_bytes(path, limits), limits))
+            img = torch.from_numpy(decode_image(read_image(path, limits), limits))
             v, y = preprocess_image(img, vgg_size, yolo_size)
             vgg[i], yolo[i] = v.numpy(), y.numpy()
         except DecodeFailure as e:
@@ -54,8 +53,9 @@ def decode_batch(batch: dict[str, np.ndarray], vgg_size: int, yolo_size: tuple[i
 
 
 def read_batch(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.ndarray]:
-    """CPU task for --decode gpu: image paths -> raw bytes (decoded in the GPU actor)."""
-    from models.vision.decode import DecodeFailure, DecodeLimits, read_bytes
+    """CPU task for --decode gpu: image paths or URIs -> raw bytes (decoded in the GPU actor)."""
+    from jobs._image_io import read_image
+    from models.vision.decode import DecodeFailure, DecodeLimits
 
     limits = DecodeLimits(max_bytes=max_bytes)
     n = len(batch["item_id"])
@@ -63,9 +63,7 @@ def read_batch(batch: dict[str, np.ndarray], max_bytes: int) -> dict[str, np.nda
     errors = np.full(n, "", dtype=object)
     for i, path in enumerate(batch["image"]):
         try:
-            if not path:
-                raise DecodeFailure("missing", "no image path")
-            data[i] = read_bytes(path, limits)
+            data[i] = read_image(path, limits)
         except DecodeFailure as e:
             data[i], errors[i] = b"", e.reason
     return {"item_id": batch["item_id"], "error": errors, "data": data}
@@ -76,7 +74,8 @@ class FeatureActor:
 
     Input batches come from `decode_batch` (uint8 crops) or, with decode_on_device, from
     `read_batch` (bytes, decoded here in one batched nvJPEG call). Output: item_id, error,
-    vgg16 (n, 512) float16, yolo (n, 80) float16 (zeros where error != "").
+    vgg16 (n, 512) float16, yolo (n, 80) float16 (zeros where error != ""), node (the Ray node
+    this actor runs on, for the job's placement record).
     """
 
     def __init__(self, ecfg: Any, decode_on_device: bool, max_pixels: int, max_bytes: int) -> None:
@@ -94,6 +93,9 @@ class FeatureActor:
         from models.vision.decode import DecodeLimits
 
         self.limits = DecodeLimits(max_pixels=max_pixels, max_bytes=max_bytes, draft=0)
+        from jobs._ray import node_id
+
+        self.node = node_id()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         import torch
@@ -109,7 +111,8 @@ class FeatureActor:
         n = len(errors)
         out_ic, out_od = np.zeros((n, IC_DIM), np.float16), np.zeros((n, OD_DIM), np.float16)
         out_ic[ok], out_od[ok] = ic, od
-        return {"item_id": batch["item_id"], "error": errors, "vgg16": out_ic, "yolo": out_od}
+        return {"item_id": batch["item_id"], "error": errors, "vgg16": out_ic, "yolo": out_od,
+                "node": np.full(n, self.node, dtype=object)}
 
     def _decode_on_device(self, datas: np.ndarray, errors: np.ndarray):
         import torch
@@ -205,6 +208,8 @@ def build_dataset(cfg: ExtractConfig, blocks: Iterator[Any], ecfg: Any, gpus: in
     # actor process and crops never cross the object store. GPU actors (num_gpus=1) are not fused
     # with the CPU decode tasks, so decoding stays off the GPU actor.
     resources: dict[str, Any] = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    if cfg.actor_resources:   # custom resources: e.g. keep the actors on the pool's nodes
+        resources["resources"] = dict(cfg.actor_resources)
     if not gpus:
         # One malloc arena for the whole CPU actor: Ray Data calls the model from its own thread,
         # whose arena would serve every buffer over 64 MB with a fresh mmap, zero-filled by the

@@ -8,13 +8,12 @@ strings; `item_blocks` cuts (item_id, image) tables for the Ray Data pipeline.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 
-def item_index(posts: Path, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+def item_index(posts: str, batch_rows: int = 65536) -> tuple[np.ndarray, np.ndarray]:
     """(distinct item ids sorted, manifest row of each one's first post), streamed.
 
     Validates the manifest first (`contract.check_posts`: the same errors as `read_posts`, one
@@ -37,8 +36,8 @@ def item_index(posts: Path, batch_rows: int = 65536) -> tuple[np.ndarray, np.nda
     return uniq, first.astype(np.int64)
 
 
-def paths_of_rows(posts: Path, rows: np.ndarray, batch_rows: int = 65536) -> Any:
-    """Absolute image paths of ascending manifest `rows`, as one pyarrow string array.
+def paths_of_rows(posts: str, rows: np.ndarray, batch_rows: int = 65536) -> Any:
+    """Absolute image paths or URIs of ascending manifest `rows`, as one pyarrow string array.
 
     One pass over the manifest's image column, a record batch at a time, stopping after the last
     row asked for: only the rows asked for are kept.
@@ -62,7 +61,7 @@ def paths_of_rows(posts: Path, rows: np.ndarray, batch_rows: int = 65536) -> Any
 PATH_WINDOW = 131_072   # items whose paths the driver holds at once, at least 1/16 of them
 
 
-def item_blocks(posts: Path, ids: np.ndarray, rows: np.ndarray, per_block: int,
+def item_blocks(posts: str, ids: np.ndarray, rows: np.ndarray, per_block: int,
                 batch_rows: int = 65536, window: int = 0) -> Iterator[Any]:
     """(item_id int64, image string) pyarrow tables of `per_block` items, in the order of `ids`.
 

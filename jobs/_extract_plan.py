@@ -26,6 +26,10 @@ def check_flags(cfg: ExtractConfig) -> None:
         raise JobError(f"--cpu-actors must be >= 1, got {cfg.cpu_actors}")
     if cfg.max_pixels < 1 or cfg.max_bytes < 1:
         raise JobError("--max-pixels and --max-bytes must be >= 1")
+    bad = {k: v for k, v in cfg.actor_resources.items()
+           if not isinstance(k, str) or isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0}
+    if bad:
+        raise JobError(f"--actor-resources must map resource names to amounts > 0, got {bad}")
     for flag, path in (("--vgg-weights", cfg.vgg_weights), ("--yolo-weights", cfg.yolo_weights),
                        ("--yolo-onnx", cfg.yolo_onnx)):
         if path and not Path(path).is_file():
@@ -38,8 +42,23 @@ def _cluster_gpus() -> int:
     return int(ray.cluster_resources().get("GPU", 0))
 
 
+def check_actor_resources(cfg: ExtractConfig) -> None:
+    """JobError when no Ray node advertises a custom resource the actors ask for (they would wait
+    for it forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    short = {k: v for k, v in cfg.actor_resources.items() if have.get(k, 0) < v}
+    if short:
+        custom = sorted(k for k in have if k not in ("CPU", "GPU", "memory", "object_store_memory")
+                        and not k.startswith(("node:", "accelerator_type:")))
+        raise JobError(f"--actor-resources {short}: the Ray cluster has {', '.join(custom) or 'no custom resources'}"
+                       f" ({ {k: have.get(k, 0) for k in short} }); start nodes with --resources or change the flag")
+
+
 def placement(cfg: ExtractConfig) -> tuple[int, str, bool]:
     """(GPU actors or 0, backend name to record, decode on device?)."""
+    check_actor_resources(cfg)
     if cfg.backend == "cpu" or cfg.gpus == 0:
         if cfg.backend in ("cuda", "tensorrt"):
             raise JobError(f"--backend {cfg.backend} needs GPU actors; drop --gpus 0 or use --backend cpu")

@@ -62,15 +62,22 @@ def highlighted(results: Mapping[str, Mapping[str, float]], key: str = "f1@5") -
     return out
 
 
-def _save(fig, ax, path: Path, title: str) -> None:
+def _save(fig, ax, path: str | Path, title: str) -> None:
+    """Grid, title, the legend beside the axes; the PNG to `path` (a local path or a URI)."""
+    import io
+
+    from featurestore import uri
+
     ax.grid(alpha=0.3)
     ax.set_title(title)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    png = io.BytesIO()
+    fig.savefig(png, format="png", dpi=120)
+    uri.write_bytes(path, png.getvalue())
 
 
-def plot_f1_at_k(results: Mapping[str, Mapping[str, float]], path: Path, k_max: int = 10,
+def plot_f1_at_k(results: Mapping[str, Mapping[str, float]], path: str | Path, k_max: int = 10,
                  title: str = "F1@k on the test split") -> None:
     """F1@k for k = 1..k_max, one line per model, legend ordered by F1@5."""
     import matplotlib
@@ -94,7 +101,7 @@ def plot_f1_at_k(results: Mapping[str, Mapping[str, float]], path: Path, k_max: 
     plt.close(fig)
 
 
-def plot_precision_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], path: Path,
+def plot_precision_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
                             targets: Sequence[float] = (0.5, 0.7, 0.9), f1: Mapping[str, float] | None = None,
                             title: str = "Calibrated backfill on the test split") -> None:
     """Precision reached against tags written per post, one curve per model.

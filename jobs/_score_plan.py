@@ -19,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore import uri
 from featurestore.errors import StoreError
 from jobs._score_task import ScoreContext
 from jobs._score_write import prepare_out_dir, record_fields
@@ -72,17 +73,15 @@ def read_posts_sorted(cfg: ScoreConfig, vocab: list[str]) -> dict[str, np.ndarra
     posts --which asks for), and own tags as CSR (indptr, indices into the model's vocabulary;
     tags the model does not know are dropped). Shards are cut over all posts, not only the
     selected ones, so every run sees the same shards."""
-    from jobs.contract import iter_posts
+    from jobs.contract import count_posts, iter_posts
 
-    path = cfg.posts_path()
-    if not path.is_file():
-        raise InputError(f"posts file {path} does not exist; pass --posts or run python -m jobs.synth")
+    path = cfg.posts_uri()
     # Streamed: each row group's tags become CSR indices (int32) at once, so the archive's tag
     # strings are never held whole (the Arrow tags column and its sorted copy would grow with
     # the archive; benchmarks/results/design-measurements.md); only compact int arrays are kept.
     value_set = pa.array(vocab, pa.string())
-    n = pq.ParquetFile(path).metadata.num_rows        # preallocated: no list of parts + concatenated copy
-    out = {c: np.empty(n, np.int64) for c in ("post_id", "user_id", "item_id")}
+    n = count_posts(path)          # preallocated: no list of parts + concatenated copy
+    out: dict[str, np.ndarray] = {c: np.empty(n, np.int64) for c in ("post_id", "user_id", "item_id")}
     row_len, n_tags = np.empty(n, np.int64), np.empty(n, np.int64)
     indices, at = [], 0
     for b in iter_posts(path, columns=("post_id", "user_id", "item_id", "tags")):
@@ -119,7 +118,7 @@ def _selection(cfg: ScoreConfig, post_ids: np.ndarray, n_tags: np.ndarray) -> np
     missing = np.setdiff1d(want, post_ids)
     if len(missing):
         raise InputError(f"--post-ids-file {cfg.post_ids_file}: {len(missing)} post id(s) not in "
-                         f"{cfg.posts_path()}, e.g. {missing[:5].tolist()}; remove them or fix --posts")
+                         f"{cfg.posts_uri()}, e.g. {missing[:5].tolist()}; remove them or fix --posts")
     return keep
 
 
@@ -201,7 +200,7 @@ class Plan:
     model_name: str
     model_id: str
     view: str
-    out_dir: Path
+    out_dir: str  # the model's top-k Parquet parts: a local folder or a URI prefix
     store: Any
     vocab: list[str]
     ctx: ScoreContext
@@ -239,7 +238,7 @@ def plan(cfg: ScoreConfig) -> Plan:
                 "exclude_own_tags": cfg.exclude_own_tags, "views": views, "tags": len(vocab)}
     check_same_options(store, view, producer)
     store.create_record_view(view, fields=record_fields(cfg.k), producer=producer)
-    out_dir = Path(cfg.out) / "topk" / model_dir.name
+    out_dir = uri.join(cfg.topk_out or str(Path(cfg.out) / "topk"), model_dir.name)
     cal = calibration_of(model, model_dir, cfg.min_precision)
     cal_digest = hashlib.sha256(json.dumps(cal.to_json(), sort_keys=True).encode()).hexdigest()[:12] if cal else None
     prepare_out_dir(out_dir, {"model_id": mid, "view": view, "k": cfg.k, "shard_size": cfg.shard_size,

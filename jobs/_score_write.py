@@ -1,7 +1,7 @@
 """Writing scored shards: the driver is the single writer of the top-k view and the Parquet parts.
 
-Per shard, the part file `<out>/topk/<MODEL>/part-<first post id>.parquet` (written
-atomically) and then the store commit. A part file holds every post of its shard that is
+Per shard, the part file `<topk-out>/<MODEL>/part-<first post id>.parquet` (a local folder or
+a URI prefix: `featurestore.uri`; visible only once written whole) and then the store commit. A part file holds every post of its shard that is
 in the view after the commit (rows a previous run committed are read back from the view),
 so it is the same bytes whatever runs made it.
 """
@@ -12,7 +12,6 @@ import dataclasses
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,6 +19,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore import uri
 from featurestore.errors import StoreError
 from jobs._cli import write_json
 
@@ -72,30 +72,33 @@ def parquet_table(post_ids: np.ndarray, tags: np.ndarray, scores: np.ndarray, fl
     })
 
 
-def write_part(path: Path, table: pa.Table) -> None:
-    """Atomic: a killed run leaves no half file."""
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp, compression="zstd")
-    tmp.replace(path)
+def write_part(path: str, table: pa.Table) -> None:
+    """Atomic: a killed run leaves no half file (`uri.atomic_output`); retried as a whole."""
+
+    def write() -> None:
+        with uri.atomic_output(path) as f:
+            pq.write_table(table, f, compression="zstd")
+
+    uri.with_retries("write", path, write)
 
 
-def part_path(out_dir: Path, first_post_id: int) -> Path:
-    return out_dir / f"part-{first_post_id:020d}.parquet"
+def part_path(out_dir: str, first_post_id: int) -> str:
+    return uri.join(out_dir, f"part-{first_post_id:020d}.parquet")
 
 
-def prepare_out_dir(out_dir: Path, info: dict[str, Any]) -> None:
+def prepare_out_dir(out_dir: str, info: dict[str, Any]) -> None:
     """Part files belong to one model id, k, shard layout, calibration and precision target:
     those of another are removed (stale); the view is the truth, and missing part files are
     rebuilt from it."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    meta = out_dir / "_topk.json"
+    uri.makedirs(out_dir)
+    meta = uri.join(out_dir, "_topk.json")
     keys = ("model_id", "k", "shard_size", "calibration", "min_precision")
-    if meta.is_file():
-        old = json.loads(meta.read_text())
+    if uri.is_file(meta):
+        old = json.loads(uri.read_bytes(meta))
         if {k: old.get(k) for k in keys} != {k: info[k] for k in keys}:
             log.info("removing part files of %s from %s", {k: old.get(k) for k in keys}, out_dir)
-            for p in out_dir.glob("part-*.parquet"):
-                p.unlink()
+            for p in uri.list_files(out_dir, "part-*.parquet"):
+                uri.delete(p)
     write_json(meta, info)
 
 
@@ -120,7 +123,7 @@ class ShardWriter:
     previous run committed come back from the view), so it is the same whatever runs made it.
     """
 
-    def __init__(self, posts: dict[str, np.ndarray], k: int, reader: Any, out_dir: Path, vocab: pa.Array,
+    def __init__(self, posts: dict[str, np.ndarray], k: int, reader: Any, out_dir: str, vocab: pa.Array,
                  calibrator: Any = None, min_precision: float = 0.0) -> None:
         self.posts, self.k, self.reader, self.out_dir, self.vocab = posts, k, reader, out_dir, vocab
         self.calibrator, self.min_precision = calibrator, min_precision
@@ -130,12 +133,12 @@ class ShardWriter:
                                       "compute_s": 0.0, "resume_check_s": 0.0, "shards": 0, "skipped_shards": 0,
                                       "tags_written": 0, "posts_written": 0}
 
-    def part(self, sh: Shard) -> Path:
+    def part(self, sh: Shard) -> str:
         return part_path(self.out_dir, int(self.posts["post_id"][sh.start]))
 
     def finish_unchanged(self, sh: Shard) -> None:
         """A shard with nothing to score: rebuild its part file from the view if it is missing."""
-        if sh.done.any() and not self.part(sh).is_file():
+        if sh.done.any() and not uri.is_file(self.part(sh)):
             self.write(sh, None)
         else:
             self.stats["skipped_shards"] += 1

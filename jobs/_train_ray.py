@@ -46,6 +46,12 @@ class TrainWorker:
         self.fail_at, self.fail_marker = fail_at, fail_marker
         self.trainer: Trainer | None = None
 
+    def node(self) -> str:
+        """The Ray node this worker runs on."""
+        from jobs._ray import node_id
+
+        return node_id()
+
     def address(self) -> str:
         import ray
 
@@ -114,28 +120,43 @@ class RayEngine:
         self.optimizer = dict(optimizer or {})
         self.restarts = 0
         self.workers: list[Any] = []
+        self.group: Any = None
+        self.nodes: list[str] = []     # Ray node of each rank
         self._start()
 
     def _start(self) -> None:
         import ray
+        from ray.util.placement_group import placement_group
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         device = self.device
+        # One bundle per worker, spread over the nodes where they fit (on one node they share it):
+        # each node's CPUs/GPU serve one worker, and a lost node costs fewer workers.
+        bundle = {"CPU": 1.0, **({"GPU": 1.0} if device == "cuda" else {})}
+        self.group = placement_group([bundle] * self.world, strategy="SPREAD")
+        ray.get(self.group.ready())
         actor = ray.remote(num_cpus=1, num_gpus=1 if device == "cuda" else 0, max_restarts=0)(TrainWorker)
         state = self.model.state_dict()
         hp = self.model.hyperparameters
-        self.workers = [actor.remote(r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.trainer,
-                                     self.opts, self.total, self.shared, device, self.fail_at, str(self.marker),
-                                     self.keys[r], self.optimizer)
+        self.workers = [actor.options(scheduling_strategy=PlacementGroupSchedulingStrategy(self.group, r)).remote(
+                            r, self.world, self.model.name, hp, state, ray.put(self.parts[r]), self.trainer,
+                            self.opts, self.total, self.shared, device, self.fail_at, str(self.marker),
+                            self.keys[r], self.optimizer)
                         for r in range(self.world)]
+        self.nodes = ray.get([w.node.remote() for w in self.workers])
         addr = ray.get(self.workers[0].address.remote())
         ray.get([w.setup.remote(addr) for w in self.workers])
 
     def _stop(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for w in self.workers:
             ray.kill(w)
         self.workers = []
+        if self.group is not None:
+            remove_placement_group(self.group)
+            self.group = None
 
     def run_epoch(self, epoch: int) -> tuple[float, int]:
         """Summed loss and work units over workers; restarts from the last epoch if a worker dies."""

@@ -1,15 +1,16 @@
 """The data contract: what users bring, validated the same way by every job.
 
 posts.parquet
-    post_id int64 (unique, non-null), user_id int64 (non-null), image string (path
-    relative to the parquet file's folder, or absolute; may be null), tags list<string>
+    post_id int64 (unique, non-null), user_id int64 (non-null), image string (path or URI
+    relative to the parquet file's folder or URI, or absolute: a path or a URI such as
+    s3://bucket/key; may be null), tags list<string>
     (may be empty), optional item_id int64 (the item a post is about; by default one
     item per distinct image).
 edges.parquet
     src int64, dst int64 (non-null), optional weight float (> 0, finite).
 
-Every violation raises `InputError` with one line naming the file, the column and a few
-offending rows. Validation reads columns one at a time, vectorised (pyarrow compute),
+Both files may be local paths or URIs (s3://, gs://, file://: `featurestore.uri`). Every
+violation raises `InputError` with one line naming the file, the column and a few offending rows. Validation reads columns one at a time, vectorised (pyarrow compute),
 so it holds at 10^7 posts.
 """
 
@@ -19,13 +20,14 @@ import hashlib
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from featurestore import uri
+from featurestore.uri import UriError
 from jobs.errors import InputError
 
 POSTS_REQUIRED = {"post_id": "int64", "user_id": "int64", "image": "string", "tags": "list<string>"}
@@ -35,9 +37,8 @@ EDGES_OPTIONAL = {"weight": "float"}
 
 _SHOW = 5  # offending rows named in a message
 # Streamed reads: no pre-buffering of every row group's column chunks and no decode threads.
-# Both make Arrow's allocator hold more memory at once (and keep it): reading the four checked
-# columns of 10^6 posts peaked at +76 MB and kept +56 MB with them, +46 / +10 MB without,
-# in about the same time (0.2-0.3 s).
+# Both make Arrow's allocator hold more memory at once (and keep it), in about the same time
+# (benchmarks/results/design-measurements.md).
 _STREAM = {"use_threads": False}
 
 
@@ -50,6 +51,7 @@ class EdgeReport:
     duplicates: int
     unknown_users: int  # edges with an endpoint that has no posts (when posts were given)
     unknown_user_examples: list[int]
+    weighted: bool = False  # the file has a weight column
 
 
 # --------------------------------------------------------------------------- types
@@ -76,7 +78,7 @@ def _is_float(t: pa.DataType) -> bool:
 _CHECKS = {"int64": _is_int64, "string": _is_string, "list<string>": _is_list_of_string, "float": _is_float}
 
 
-def _check_schema(path: Path, schema: pa.Schema, required: dict[str, str], optional: dict[str, str]) -> None:
+def _check_schema(path: str, schema: pa.Schema, required: dict[str, str], optional: dict[str, str]) -> None:
     names = set(schema.names)
     missing = [c for c in required if c not in names]
     if missing:
@@ -91,13 +93,22 @@ def _check_schema(path: Path, schema: pa.Schema, required: dict[str, str], optio
             raise InputError(f"{path}: column '{col}' must be {want}, found {got}{hint}")
 
 
+def _name(path: str | os.PathLike) -> str:
+    """How messages name a contract file: as the user wrote it (a path or a URI)."""
+    return os.fspath(path)
+
+
 def _open(path: str | os.PathLike, what: str, streaming: bool = False) -> pq.ParquetFile:
-    """Open a contract file; `streaming`: for reading it a batch at a time (see _STREAM)."""
-    p = Path(path)
-    if not p.exists():
-        raise InputError(f"{what} file {p} does not exist")
+    """Open a contract file (path or URI); `streaming`: for reading it a batch at a time (see _STREAM)."""
+    p = _name(path)
     try:
-        return pq.ParquetFile(p, pre_buffer=not streaming)
+        f = uri.open_input_file(p)
+    except UriError as e:
+        if e.reason == "missing":
+            raise InputError(f"{what} file {p} does not exist") from None
+        raise InputError(f"{what} file: {e}") from None
+    try:
+        return pq.ParquetFile(f, pre_buffer=not streaming)
     except (pa.ArrowInvalid, OSError) as e:
         raise InputError(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
 
@@ -108,14 +119,14 @@ def _examples(values: np.ndarray) -> str:
     return f"{vals}{more}"
 
 
-def _check_not_null(path: Path, table: pa.Table, col: str) -> None:
+def _check_not_null(path: str, table: pa.Table, col: str) -> None:
     arr = table.column(col)
     if arr.null_count:
         rows = np.flatnonzero(pc.is_null(arr).to_numpy(zero_copy_only=False))
         raise InputError(f"{path}: column '{col}' has {arr.null_count} null value(s), at rows {_examples(rows)}")
 
 
-def _check_unique(path: Path, ids: np.ndarray, col: str) -> None:
+def _check_unique(path: str, ids: np.ndarray, col: str) -> None:
     """Raise if `ids` holds a value twice. Sorts `ids` in place (no copy at 10^7 posts)."""
     if len(ids) < 2:
         return
@@ -162,13 +173,15 @@ def _with_item_ids(table: pa.Table) -> pa.Table:
     return table.append_column("item_id", pa.array(ids[idx], type=pa.int64()))
 
 
-def _resolve_images(table: pa.Table, base: Path) -> pa.Table:
-    """Make relative image paths absolute against the parquet file's folder."""
+def _resolve_images(table: pa.Table, manifest: str) -> pa.Table:
+    """Make relative image paths absolute against the manifest's folder (a local folder or a URI
+    prefix); absolute paths and URIs are kept as they are."""
     images = table.column("image")
     if pa.types.is_dictionary(images.type):
         images = images.cast(pa.string())
-    prefix = str(base.resolve()) + os.sep
-    is_abs = pc.starts_with(images, os.sep)
+    base = uri.parent(manifest)
+    prefix = base.rstrip("/") + "/" if uri.is_remote(base) else os.path.realpath(base) + os.sep
+    is_abs = pc.or_(pc.starts_with(images, os.sep), pc.match_substring_regex(images, uri.URI_REGEX))
     resolved = pc.if_else(is_abs, images, pc.binary_join_element_wise(prefix, images, ""))
     return table.set_column(table.schema.get_field_index("image"), "image", resolved)
 
@@ -205,7 +218,7 @@ class _PostsCheck:
     plus post_id as one int64 array for the uniqueness check (8 bytes per post, sorted in place).
     """
 
-    def __init__(self, path: Path, names: Sequence[str], num_rows: int, image_source: bool = False) -> None:
+    def __init__(self, path: str, names: Sequence[str], num_rows: int, image_source: bool = False) -> None:
         self.path = path
         self.ids = ("post_id", "user_id") + (("item_id",) if "item_id" in names else ())
         self.nulls = {c: _Rows() for c in self.ids}
@@ -262,7 +275,7 @@ class _PostsCheck:
 
 def validate_posts(path: str | os.PathLike, table: pa.Table) -> None:
     """Raise InputError for the first contract violation found in a posts table."""
-    p = Path(path)
+    p = _name(path)
     _check_schema(p, table.schema, POSTS_REQUIRED, POSTS_OPTIONAL)
     check = _PostsCheck(p, table.column_names, table.num_rows)
     for batch in table.to_batches():
@@ -277,7 +290,7 @@ def check_posts(path: str | os.PathLike, batch_rows: int = 65536) -> int:
     checked columns one record batch at a time; what it holds grows by 8 bytes per post
     (post_id, for the uniqueness check), not with the manifest's strings or tag lists.
     """
-    p = Path(path)
+    p = _name(path)
     f = _open(p, "posts", streaming=True)
     schema = f.schema_arrow
     _check_schema(p, schema, POSTS_REQUIRED, POSTS_OPTIONAL)
@@ -293,6 +306,11 @@ def check_posts(path: str | os.PathLike, batch_rows: int = 65536) -> int:
     return check.rows
 
 
+def count_posts(path: str | os.PathLike) -> int:
+    """Rows of posts.parquet (a path or URI) from its footer, without reading them."""
+    return _open(path, "posts", streaming=True).metadata.num_rows
+
+
 def read_posts(path: str | os.PathLike, columns: Sequence[str] | None = None) -> pa.Table:
     """Read and validate posts.parquet; adds `item_id` when absent, makes `image` absolute."""
     f = _open(path, "posts")
@@ -302,7 +320,7 @@ def read_posts(path: str | os.PathLike, columns: Sequence[str] | None = None) ->
         raise InputError(f"{path}: cannot read ({str(e).splitlines()[0]})") from None
     validate_posts(path, table)
     table = _with_item_ids(table)
-    table = _resolve_images(table, Path(path).parent)
+    table = _resolve_images(table, _name(path))
     if columns is not None:
         table = table.select(list(columns))
     return table
@@ -317,20 +335,19 @@ def iter_posts(
     ids. Uniqueness of post_id across batches is checked by `read_posts`/`jobs.prepare`.
     """
     f = _open(path, "posts", streaming=True)
-    _check_schema(Path(path), f.schema_arrow, POSTS_REQUIRED, POSTS_OPTIONAL)
+    _check_schema(_name(path), f.schema_arrow, POSTS_REQUIRED, POSTS_OPTIONAL)
     has_item = "item_id" in f.schema_arrow.names
     want = list(columns)
     read_cols = sorted(set(want) - {"item_id"} | ({"item_id"} if has_item else {"image"} if "item_id" in want else set()))
-    base = Path(path).parent
     for batch in f.iter_batches(batch_size=batch_rows, columns=read_cols, **_STREAM):
         t = pa.Table.from_batches([batch])
         for col in ("post_id", "user_id"):
             if col in t.column_names:
-                _check_not_null(Path(path), t, col)
+                _check_not_null(_name(path), t, col)
         if "item_id" in want:
             t = _with_item_ids(t)
         if "image" in want:
-            t = _resolve_images(t, base)
+            t = _resolve_images(t, _name(path))
         yield from t.select(want).to_batches()
 
 
@@ -344,7 +361,7 @@ def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> t
     allowed (they shape the graph) but counted in the report.
     """
     f = _open(path, "edges")
-    p = Path(path)
+    p = _name(path)
     _check_schema(p, f.schema_arrow, EDGES_REQUIRED, EDGES_OPTIONAL)
     table = f.read()
     for col in ("src", "dst"):
@@ -377,5 +394,6 @@ def read_edges(path: str | os.PathLike, user_ids: np.ndarray | None = None) -> t
         unknown = int((src_unknown | dst_unknown).sum())
         ends = np.concatenate([src[src_unknown], dst[dst_unknown]])
         examples = np.unique(ends)[:_SHOW].tolist()
-    report = EdgeReport(int(len(src)), int((src == dst).sum()), int(dups), unknown, examples)
+    report = EdgeReport(int(len(src)), int((src == dst).sum()), int(dups), unknown, examples,
+                        weighted="weight" in table.column_names)
     return out, report

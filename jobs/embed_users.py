@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,23 +98,20 @@ def read_users(cfg: EmbedUsersConfig) -> np.ndarray:
     """Sorted unique user ids that have posts (streamed: only the user_id column)."""
     from jobs.contract import iter_posts
 
-    parts = [b.column(0).to_numpy() for b in iter_posts(cfg.posts_path(), columns=("user_id",))]
+    parts = [b.column(0).to_numpy() for b in iter_posts(cfg.posts_uri(), columns=("user_id",))]
     return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def read_graph(cfg: EmbedUsersConfig, users: np.ndarray) -> tuple[Graph, dict[str, Any]]:
     """The CSR graph over users with posts plus users named by edges; InputError when it has no edges."""
-    import pyarrow.parquet as pq
-
     from jobs.contract import read_edges
 
-    path = cfg.edges_path()
+    path = cfg.edges_uri()
     table, report = read_edges(path, users)
     if report.edges == 0:
         raise InputError(f"{path} has no edges; node2vec needs a social graph "
                          f"(supply edges, or train without the {cfg.view} view)")
-    has_weight = "weight" in pq.ParquetFile(path).schema_arrow.names
-    if cfg.weighted and not has_weight:
+    if cfg.weighted and not report.weighted:
         raise InputError(f"--weighted given but {path} has no 'weight' column; drop --weighted")
     src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
     w = table.column("weight").to_numpy() if cfg.weighted else None
@@ -131,11 +129,13 @@ def read_graph(cfg: EmbedUsersConfig, users: np.ndarray) -> tuple[Graph, dict[st
 
 
 def _walk_task(indptr, indices, weights, cumw, starts, n_nodes, cfg_walk):
-    """One Ray task: walks (walks_per_node, len(starts), walk_length) int32 from a shard of start nodes."""
+    """One Ray task: (walks (walks_per_node, len(starts), walk_length) int32 from a shard of start
+    nodes, the id of the Ray node that walked them)."""
+    from jobs._ray import node_id
     from models.node2vec.walks import walk_shard
 
     # The CSR arrays arrive zero-copy (read-only views of the object store).
-    return walk_shard(indptr, indices, weights, cumw, starts, n_nodes, threads=1, **cfg_walk)
+    return walk_shard(indptr, indices, weights, cumw, starts, n_nodes, threads=1, **cfg_walk), node_id()
 
 
 def start_order(graph: Graph, seed: int) -> np.ndarray:
@@ -148,13 +148,14 @@ def start_order(graph: Graph, seed: int) -> np.ndarray:
     return np.random.default_rng([seed, 0x6E326576]).permutation(starts)
 
 
-def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None) -> list[np.ndarray]:
+def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None,
+              nodes: Counter[str] | None = None) -> list[np.ndarray]:
     """All walks as blocks of int32 rows (walk_length,), in the same order for any shard count.
 
     Blocks are ordered rep-major (rep 0 of every shard, then rep 1, ...). With
     `spill_dir`, each shard is saved there as it arrives and the blocks are
     memory-mapped views, so the driver never holds all walks in RAM
-    (10^7 users x 10 walks x 80 steps is 32 GB of int32).
+    (10^7 users x 10 walks x 80 steps is 32 GB of int32). `nodes` counts the walks each Ray node made.
     """
     import ray
 
@@ -185,7 +186,9 @@ def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None
             nxt += 1
         ready, _ = ray.wait(list(pending), num_returns=1)
         i = pending.pop(ready[0])
-        arr = ray.get(ready[0])  # (walks_per_node, shard size, walk_length)
+        arr, node = ray.get(ready[0])  # (walks_per_node, shard size, walk_length), where it ran
+        if nodes is not None:
+            nodes[node] += arr.shape[0] * arr.shape[1]
         if spill_dir is not None:
             path = spill_dir / f"walks-{i:05d}.npy"
             np.save(path, arr)
@@ -265,16 +268,17 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     sg = SkipGramConfig(dim=cfg.dim, window=cfg.window, epochs=cfg.epochs or 1, negative=cfg.negative,
                         workers=cfg.sg_workers, seed=cfg.seed, corpus=cfg.corpus, trainer=cfg.sg_trainer)
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch INFO lines drown the job's
-    from jobs._ray import init_ray
+    from jobs._ray import init_ray, node_id, placement
 
     t0 = time.perf_counter()
     init_ray(cfg.ray_address, cfg.num_cpus)
+    walk_nodes: Counter[str] = Counter()
     t_ray = time.perf_counter() - t0
     spill_root = Path(cfg.out) / "tmp"
     # Walks go to disk (3.2 GB at 10^6 users x 10 x 80); a killed run's are removed by the next.
     with spill_dir(spill_root, WALKS_PREFIX, "embed_users") as spill:
         t0 = time.perf_counter()
-        blocks = run_walks(cfg, graph, Path(spill))
+        blocks = run_walks(cfg, graph, Path(spill), walk_nodes)
         t_walk = time.perf_counter() - t0
         steps = sum(int((b >= 0).sum()) for b in blocks)
         t0 = time.perf_counter()
@@ -295,7 +299,9 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     write_vectors(cfg, graph, vecs, prod)
     return {**summary, "skipped": False, "users_without_edges": int(isolated.sum()),
             "ray_start_s": round(t_ray, 3), "walk_steps": steps, "walk_s": round(t_walk, 3), "walk_steps_per_s": round(steps / max(t_walk, 1e-9)),
-            "skipgram_s": round(t_sg, 3), "written": graph.n_nodes}
+            "skipgram_s": round(t_sg, 3), "written": graph.n_nodes,
+            # walks spread over the cluster; skip-gram and the store writes run in this driver
+            "placement": placement(walks=walk_nodes, skipgram_and_writes={node_id(): graph.n_nodes})}
 
 
 def main() -> None:

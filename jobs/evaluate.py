@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from featurestore import uri
 from jobs._backfill import Lists
 from jobs._backfill import markdown as backfill_markdown
 from jobs._backfill import report as backfill_report
@@ -60,6 +61,8 @@ class EvaluateConfig(ArchiveArgs, SplitArgs):
                                                         "precision its calibrated tags reach on test and how many "
                                                         "it writes")
     plot: bool = arg(True, "write f1_at_k.png and precision_coverage.png")
+    results: str = arg("", "where evaluation.{json,md}, f1_at_k.png and precision_coverage.png go: a folder or a "
+                           "URI prefix (s3://bucket/reports/run-1); empty: <out>")
 
 
 @dataclasses.dataclass
@@ -241,8 +244,8 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     report = {**results, "split": split_sizes,
               "subsets": {f"users with <= {COLD_MAX_TRAIN_POSTS} training posts": cold_results},
               "baselines": chose, "backfill": backfill}
-    out = Path(cfg.out)
-    write_json(out / "evaluation.json", report)
+    out = cfg.results or cfg.out
+    write_json(uri.join(out, "evaluation.json"), report)
     order = sorted(results, key=lambda n: -results[n]["f1@5"])
     md = ["# Evaluation", "", f"Test posts: {len(d.test.post_ids)}; tags: {len(d.tags)}; split: {split_sizes}", "",
           markdown_table(results), ""]
@@ -257,17 +260,16 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
                "Tags whose calibrated probability meets the target P (what `jobs.score --min-precision P` "
                "writes): the precision they reach on the test split and the tags written per post.", "",
                backfill_markdown(backfill, order, targets), ""]
-    (out / "evaluation.md").write_text("\n".join(md))
-    outputs = [str(out / "evaluation.json"), str(out / "evaluation.md")]
+    uri.write_bytes(uri.join(out, "evaluation.md"), "\n".join(md).encode())
+    outputs = [uri.join(out, "evaluation.json"), uri.join(out, "evaluation.md")]
     if cfg.plot and results:
         from jobs._plots import plot_f1_at_k, plot_precision_coverage
 
-        plot_f1_at_k(results, out / "f1_at_k.png", K_MAX)
-        outputs.append(str(out / "f1_at_k.png"))
+        outputs.append(uri.join(out, "f1_at_k.png"))
+        plot_f1_at_k(results, outputs[-1], K_MAX)
         if curves:
-            plot_precision_coverage(curves, out / "precision_coverage.png", targets,
-                                    {n: r["f1@5"] for n, r in results.items()})
-            outputs.append(str(out / "precision_coverage.png"))
+            outputs.append(uri.join(out, "precision_coverage.png"))
+            plot_precision_coverage(curves, outputs[-1], targets, {n: r["f1@5"] for n, r in results.items()})
     print(markdown_table(results, ks=(1, 5, 10)))
     if backfill:
         print(backfill_markdown(backfill, order, targets))

@@ -3,12 +3,17 @@
     posts.parquet -> unique items (item_id, image) -> skip ids committed in the store
       -> Ray Data: read bytes + decode + preprocess (CPU tasks)   [--decode cpu]
                    read bytes (CPU tasks), decode in the actor     [--decode gpu: nvJPEG]
+         (images are read on the workers, from local paths or URIs: s3://, gs://; never
+         through the driver, which sends only (item_id, image) blocks)
       -> VGG16-GAP + YOLO in one callable class on an actor pool (num_gpus=1 each on GPU)
       -> the driver (the store's single writer): image/vgg16@1 (512) and image/yolo@1 (80),
          float16 by item_id; failed images -> the views' error records with a reason.
 
 Resumable: each batch is committed as it arrives; a re-run skips ids present in both views,
-and (batches being padded to one static size) recomputes the rest to the same bytes.
+and (batches being padded to one static size) recomputes the rest to the same bytes. An image
+that cannot be read (missing, denied, a transient error that outlasted the retries:
+`jobs._image_io`) is a bad image with its reason, like an undecodable one, and is retried by the
+next run.
 
 At archive scale the driver streams the manifest (validation, item ids, image paths)
 in record batches and keeps 16 bytes per distinct item (id and first row); image paths are read
@@ -22,7 +27,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections import Counter
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -62,6 +66,9 @@ class ExtractConfig(ArchiveArgs, RayArgs):
     max_pixels: int = arg(64_000_000, "refuse images with more pixels (from the header, before decoding)")
     max_bytes: int = arg(64 * 1024 * 1024, "refuse image files larger than this")
     engine_cache: str = arg("", "TensorRT engine cache folder (empty: ~/.cache/tagrec/tensorrt)")
+    actor_resources: dict = arg({}, "Ray custom resources each model actor needs, as JSON, e.g. "
+                                    "'{\"pool\": 1}' to keep the actors on the nodes that advertise it "
+                                    "(GPU actors already go where the GPUs are)")
 
 
 def committed(w_ic: Any, w_od: Any, ids: np.ndarray, chunk: int = 65536) -> np.ndarray:
@@ -77,9 +84,11 @@ def committed(w_ic: Any, w_od: Any, ids: np.ndarray, chunk: int = 65536) -> np.n
     return done
 
 
-def _extract(cfg: ExtractConfig, store: Any, producers: dict, posts: Path, ids: np.ndarray, rows: np.ndarray,
-             ecfg: Any, gpus: int, on_device: bool, yolo_size: tuple[int, int], backend: str):
-    """Create the views, skip committed ids, run the pipeline, commit each batch as it arrives."""
+def _extract(cfg: ExtractConfig, store: Any, producers: dict, posts: str, ids: np.ndarray, rows: np.ndarray,
+             ecfg: Any, gpus: int, on_device: bool, yolo_size: tuple[int, int], backend: str,
+             nodes: Counter[str]):
+    """Create the views, skip committed ids, run the pipeline, commit each batch as it arrives;
+    `nodes` counts the images each Ray node's model actors processed."""
     from jobs._progress import Progress
 
     store.create_view(IC_VIEW, IC_DIM, "float16", producer=producers["vgg16"])
@@ -99,6 +108,7 @@ def _extract(cfg: ExtractConfig, store: Any, producers: dict, posts: Path, ids: 
             blocks = item_blocks(posts, ids[todo], rows[todo], block_rows(cfg, len(todo), gpus))
             ds = build_dataset(cfg, blocks, ecfg, gpus, on_device, yolo_size)
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                nodes.update(batch["node"].tolist())
                 n_ok, reasons = write_batch(w_ic, w_od, batch)
                 ok += n_ok
                 failed.update(reasons)
@@ -115,7 +125,7 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
 
     check_flags(cfg)
     plan_result = start_model_plan(cfg)         # bad/unsafe weights: refused before Ray
-    posts = cfg.posts_path()
+    posts = cfg.posts_uri()
     try:
         ids, rows = item_index(posts)
     except InputError:
@@ -130,14 +140,20 @@ def run(cfg: ExtractConfig) -> dict[str, Any]:
     if isinstance(producers, Exception):        # e.g. a --precision this backend lacks
         raise producers
 
+    nodes: Counter[str] = Counter()
     with Store.open(cfg.store_path(), create=True) as store:
         rate, ok, failed, done, todo = _extract(cfg, store, producers, posts, ids, rows, ecfg, gpus, on_device,
-                                                plan["yolo_size"], backend)
+                                                plan["yolo_size"], backend, nodes)
     summary = {"images": int(len(ids)), "skipped_committed": int(done.sum()), "processed": int(len(todo)),
                "ok": ok, "failed": int(sum(failed.values())), "failed_by_reason": dict(sorted(failed.items())),
                "images_per_s": round(rate, 3), "backend": backend, "precision": producers["vgg16"]["precision"],
                "gpu_actors": gpus, "decode": "gpu" if on_device else "cpu", "views": [IC_VIEW, OD_VIEW],
                "weights": {"vgg16": producers["vgg16"]["weights"], "yolo": producers["yolo"]["weights"]}}
+    if nodes:   # the model actors' nodes; the driver (the store's node) wrote every batch
+        from jobs._ray import node_id
+        from jobs._ray import placement as where
+
+        summary["placement"] = where(model_actors=nodes, store_writes={node_id(): int(len(todo))})
     log.info("extract: ok %d, failed %d %s, %.2f img/s", ok, summary["failed"], summary["failed_by_reason"], rate)
     return summary
 

@@ -110,6 +110,10 @@ class FeatureReader:
         self._open, self._pid = opened, os.getpid()
         return opened
 
+    def store_readers(self) -> dict[str, Any]:
+        """{feature: the store's reader of its view}, opened once per process."""
+        return {f: reader for f, (reader, _, _) in self._readers().items()}
+
     def read(self, user_ids: np.ndarray, item_ids: np.ndarray, compact: bool = False,
              spill_dir: str | Path | None = None) -> tuple[dict[str, np.ndarray], dict[str, int]]:
         """(batch, missing) for n posts (user_ids[j], item_ids[j]); zeros and has_*=False where missing.

@@ -3,11 +3,15 @@
     synth (when no --posts) → prepare → extract → embed_users → train → score
     → evaluate → social_influence
 
-Each stage is the same `run(cfg)` that `python -m jobs.<stage>` runs, given the
-pipeline's values for the flags it shares (same names); each skips what is already
-done in the store and the output folder, so a re-run resumes. With no arguments: a
-small synthetic archive, a local Ray, CPU, seeded random CNN weights (no weights can
-be downloaded), ending with the evaluation table and where the outputs are.
+Each stage is the same `run(cfg)` that `python -m jobs.<stage>` runs. The pipeline's flags
+are the stages' own (`PipelineConfig` is composed from their configs, help and allowed
+values included): a flag only one stage has, or that every stage having it declares alike
+(`--out`, `--seed`, `--p-core`, ...), keeps its name; a flag two stages declare differently
+is prefixed with its stage (`--train-epochs`, `--embed-users-epochs`, `--extract-batch-size`).
+`--model` names the model `train` trains (with `--no-all`) and `score` scores. Each stage
+skips what is already done in the store and the output folder, so a re-run resumes. With no
+arguments: a small synthetic archive, a local Ray, CPU, seeded random CNN weights (no
+weights can be downloaded), ending with the evaluation table and where the outputs are.
 """
 
 from __future__ import annotations
@@ -30,26 +34,17 @@ RAY_STAGES = {"extract", "embed_users", "train", "score"}
 
 
 @dataclasses.dataclass
-class PipelineConfig(ArchiveArgs, SplitArgs, RayArgs):
-    """Pipeline flags; every flag also reaches each stage that has a flag of the same name."""
+class PipelineArgs(ArchiveArgs, SplitArgs, RayArgs):
+    """What only the pipeline has: which stages run, and the two choices it makes for them."""
 
     stages: list[str] = arg(list(STAGES), "stages to run, in this order (comma-separated)")
     skip: list[str] = arg([], "stages to leave out (comma-separated)")
-    vgg_weights: str = arg("", "VGG16 torchvision state_dict file (.pth/.safetensors)")
-    yolo_weights: str = arg("", "built-in YOLOv2 state_dict file")
-    yolo_onnx: str = arg("", "YOLOv5/YOLOv8 ONNX detector file (instead of --yolo-weights)")
-    random_weights: bool = arg(False, "use seeded random CNN weights (the store records it); "
-                                      "on by default for the synthetic demo")
-    backend: str = arg("auto", "inference backend: auto, cpu, cuda, tensorrt")
-    vgg_size: int = arg(224, "VGG16 input size (224: what torchvision's weights expect)")
-    yolo_size: int = arg(448, "built-in YOLOv2 input size")
-    train_workers: int = arg(0, "Ray workers for training, BPR models and multi-label nets (0: train in the driver process)")
     all: bool = arg(True, "train every registered model (else only --model); evaluate compares all trained")
     model: str = arg("PITF-IC-OD", "the model whose top-k tags `score` writes (and the one trained with --no-all)")
-    train_epochs: int = arg(0, "training epochs of the recommenders (0: the train stage's default)")
-    num_users: int = arg(60, "synthetic archive: users")
-    num_posts: int = arg(400, "synthetic archive: posts")
-    k: int = arg(10, "tags per post in the scored output")
+
+
+# A stage flag the pipeline shows under another name than the collision rule gives it.
+RENAMES = {("train", "num_workers"): "train_workers"}
 
 
 def _stage_module(stage: str) -> Any | None:
@@ -66,26 +61,78 @@ def _config_class(mod: Any) -> type:
     return next(v for k, v in hints.items() if k != "return")
 
 
-def stage_config(stage_cls: type, cfg: PipelineConfig, overrides: dict[str, Any]) -> Any:
-    """The stage's defaults, with the pipeline's values for every field the two share."""
-    names = {f.name for f in dataclasses.fields(stage_cls)}
-    shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cfg) if f.name in names}
-    shared.update({k: v for k, v in overrides.items() if k in names})
-    return stage_cls(**shared)
+def _stage_configs() -> dict[str, type]:
+    """{stage: its config class} for every stage module that is installed."""
+    out = {}
+    for stage in STAGES:
+        mod = _stage_module(stage)
+        if mod is not None:
+            out[stage] = _config_class(mod)
+    return out
 
 
-def _overrides(stage: str, cfg: PipelineConfig, synthetic: bool) -> dict[str, Any]:
-    o: dict[str, Any] = {}
-    if synthetic and not (cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx):
-        o["random_weights"] = True
-    if stage == "train":
-        if cfg.train_epochs:
-            o["epochs"] = cfg.train_epochs
-        o["num_workers"] = cfg.train_workers
-    return o
+def _declaration(cls: type, f: dataclasses.Field) -> tuple:
+    """What a flag is: its type, default and help (two stages' flags of one name may differ)."""
+    default = f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+    return typing.get_type_hints(cls)[f.name], repr(default), dict(f.metadata)
 
 
-def run(cfg: PipelineConfig) -> dict[str, Any]:
+def flag_names(configs: dict[str, type]) -> dict[tuple[str, str], str]:
+    """(stage, field) -> the pipeline's field name for it, for every field of every stage config."""
+    own = {f.name for f in dataclasses.fields(PipelineArgs)}
+    by_name: dict[str, list[tuple]] = {}
+    for cls in configs.values():
+        for f in dataclasses.fields(cls):
+            by_name.setdefault(f.name, []).append(_declaration(cls, f))
+    names = {}
+    for stage, cls in configs.items():
+        for f in dataclasses.fields(cls):
+            alike = all(d == _declaration(cls, f) for d in by_name[f.name])
+            name = f.name if f.name in own or alike else f"{stage}_{f.name}"
+            names[(stage, f.name)] = RENAMES.get((stage, f.name), name)
+    return names
+
+
+def _compose(configs: dict[str, type]) -> type:
+    """PipelineArgs plus one field per distinct stage flag, with the stage's own type, default and help."""
+    own = {f.name for f in dataclasses.fields(PipelineArgs)}
+    fields: dict[str, tuple[str, Any, dataclasses.Field]] = {}
+    for (stage, name), flag in flag_names(configs).items():
+        if flag in own or flag in fields:
+            continue
+        src = {f.name: f for f in dataclasses.fields(configs[stage])}[name]
+        hints = typing.get_type_hints(configs[stage])
+        kw: dict[str, Any] = {"metadata": src.metadata}
+        if src.default_factory is not dataclasses.MISSING:
+            kw["default_factory"] = src.default_factory
+        else:
+            kw["default"] = src.default
+        fields[flag] = (flag, hints[name], dataclasses.field(**kw))
+    cls = dataclasses.make_dataclass("PipelineConfig", list(fields.values()), bases=(PipelineArgs,))
+    cls.__module__ = __name__
+    cls.__doc__ = "Pipeline flags: its own (PipelineArgs) and every stage's, each declared once by its stage."
+    return cls
+
+
+STAGE_CONFIGS = _stage_configs()
+FLAG_NAMES = flag_names(STAGE_CONFIGS)
+PipelineConfig: Any = _compose(STAGE_CONFIGS)
+
+
+def stage_config(stage: str, cfg: Any, synthetic: bool) -> Any:
+    """The stage's config: the pipeline's value of each of its flags."""
+    cls = STAGE_CONFIGS[stage]
+    values = {f.name: getattr(cfg, FLAG_NAMES[(stage, f.name)]) for f in dataclasses.fields(cls)}
+    if "random_weights" in values and synthetic and not _has_weights(cfg):
+        values["random_weights"] = True
+    return cls(**values)
+
+
+def _has_weights(cfg: Any) -> bool:
+    return bool(cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx)
+
+
+def run(cfg: Any) -> dict[str, Any]:
     unknown = sorted(set(cfg.stages) - set(STAGES))
     if unknown:
         from jobs.errors import JobError
@@ -95,7 +142,7 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
     if synthetic and "synth" in cfg.stages and "synth" not in cfg.skip:
         print(f"pipeline: no --posts given: running the demo on a synthetic archive in {cfg.out}/archive",
               file=sys.stderr)
-    if synthetic and not (cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx):
+    if synthetic and not _has_weights(cfg):
         print("pipeline: WARNING: no CNN weights given and none can be downloaded: VGG16 and YOLO run with "
               "SEEDED RANDOM WEIGHTS (recorded in the store's metadata). Pass --vgg-weights and "
               "--yolo-weights/--yolo-onnx for real features.", file=sys.stderr)
@@ -107,30 +154,27 @@ def run(cfg: PipelineConfig) -> dict[str, Any]:
         if stage == "synth" and cfg.posts_path().exists():
             log.info("synth: %s exists; not regenerating (delete it to start over)", cfg.posts_path())
             continue
-        mod = _stage_module(stage)
-        if mod is None:
+        if stage not in STAGE_CONFIGS:
             missing.append(stage)
-            print(f"pipeline: stage '{stage}' is not there yet; skipping it", file=sys.stderr)
+            print(f"pipeline: stage '{stage}' is not installed; skipping it", file=sys.stderr)
             continue
         if stage in RAY_STAGES and not ray_started:
             from jobs._ray import init_ray
 
             init_ray(cfg.ray_address, cfg.num_cpus)
             ray_started = True
-        stage_cfg = stage_config(_config_class(mod), cfg, _overrides(stage, cfg, synthetic))
         print(f"pipeline: ── {stage} ──", file=sys.stderr)
         t0 = time.time()
-        summaries[stage] = execute(stage, stage_cfg, mod.run)
+        summaries[stage] = execute(stage, stage_config(stage, cfg, synthetic), _stage_module(stage).run)  # type: ignore[union-attr]
         done.append((stage, round(time.time() - t0, 1)))
     out = Path(cfg.out).resolve()
     print("\npipeline: stages run: " + ", ".join(f"{s} ({t}s)" for s, t in done), file=sys.stderr)
     if missing:
-        print(f"pipeline: stages not there yet: {', '.join(missing)}", file=sys.stderr)
+        print(f"pipeline: stages not installed: {', '.join(missing)}", file=sys.stderr)
     print(f"pipeline: outputs in {out}: store {cfg.store_path()}, models {out / 'models'}, "
           f"evaluation {out / 'evaluation.md'}, reports {out / 'reports'}", file=sys.stderr)
     return {"stages_run": [s for s, _ in done], "stage_seconds": dict(done), "stages_missing": missing,
-            "random_weights": synthetic and not (cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx),
-            "out": str(out)}
+            "random_weights": synthetic and not _has_weights(cfg), "out": str(out)}
 
 
 def main() -> None:

@@ -1,4 +1,4 @@
-"""Preprocessing and the leave-posts-out split (issue 2): `python -m jobs.prepare`.
+"""Preprocessing and the leave-posts-out split: `python -m jobs.prepare`.
 
     read_posts → drop untagged → drop over-used personal tags → top-N tags → p-core
     (users, tags[, items]) to a fixed point → per user: n posts to test, n to validation
@@ -151,7 +151,7 @@ def make_split(posts: pa.Table, cfg: PrepareConfig) -> tuple[dict[str, pl.DataFr
 
 
 def run(cfg: PrepareConfig) -> dict[str, Any]:
-    posts = read_posts(cfg.posts_path(), columns=["post_id", "user_id", "item_id", "tags"])
+    posts = read_posts(cfg.posts_uri(), columns=["post_id", "user_id", "item_id", "tags"])
     splits, report = make_split(posts, cfg)
     folder = Path(cfg.out) / "split"
     folder.mkdir(parents=True, exist_ok=True)

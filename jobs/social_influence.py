@@ -1,4 +1,4 @@
-"""`python -m jobs.social_influence`: do connected users tag alike? (issue 5)
+"""`python -m jobs.social_influence`: do connected users tag alike?
 
 The test of "Image Tag Recommendation by Exploiting Social-Network Metadata":
 for each connected pair (u_i, u_j) draw a user u_k not connected to u_i; for each
@@ -56,7 +56,7 @@ class SocialInfluenceConfig(ArchiveArgs):
 # --------------------------------------------------------------------------- inputs
 
 
-def user_tag_matrix(posts_path: Path) -> tuple[np.ndarray, sparse.csr_matrix, int]:
+def user_tag_matrix(posts_path: str) -> tuple[np.ndarray, sparse.csr_matrix, int]:
     """(sorted user ids (n,), U (n, n_tags) csr 0/1 float32, n_tags) from posts, streamed."""
     import polars as pl
     import pyarrow as pa
@@ -82,7 +82,7 @@ def user_tag_matrix(posts_path: Path) -> tuple[np.ndarray, sparse.csr_matrix, in
     return user_ids, u, n_tags
 
 
-def connected_pairs(edges_path: Path, user_ids: np.ndarray, directed: bool) -> tuple[np.ndarray, np.ndarray, dict]:
+def connected_pairs(edges_path: str, user_ids: np.ndarray, directed: bool) -> tuple[np.ndarray, np.ndarray, dict]:
     """Ordered pairs (I, J) of dense users with posts, unique, no self-pairs; plus counts."""
     from jobs.contract import read_edges
 
@@ -199,8 +199,8 @@ def run(cfg: SocialInfluenceConfig) -> dict[str, Any]:
     """posts + edges -> pairs -> S_p, S_r statistics -> <out>/social_influence.{md,json}."""
     if cfg.max_pairs < 0:
         raise JobError(f"--max-pairs must be >= 0 (0: all), got {cfg.max_pairs}")
-    user_ids, u, n_tags = user_tag_matrix(cfg.posts_path())
-    i, j, counts = connected_pairs(cfg.edges_path(), user_ids, cfg.directed)
+    user_ids, u, n_tags = user_tag_matrix(cfg.posts_uri())
+    i, j, counts = connected_pairs(cfg.edges_uri(), user_ids, cfg.directed)
     n = user_ids.size
     # Every link, both directions: u_k must be unconnected to u_i either way.
     linked = np.unique(np.concatenate([i * np.int64(n) + j, j * np.int64(n) + i]))

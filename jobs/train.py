@@ -189,11 +189,12 @@ def _stopper(cfg: TrainConfig, epochs: int, history: list[dict]) -> EarlyStoppin
 
 
 def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: int, device: str,
-        ckpt: Checkpoints | None) -> tuple[Any, list[dict], EarlyStopping | None]:
+        ckpt: Checkpoints | None, nodes: list[str] | None = None) -> tuple[Any, list[dict], EarlyStopping | None]:
     """Train one model (BPR: bpr.epochs epochs at most; multi-label: `train_opts`), resuming from
     ckpt (weights, optimizer state, the best epoch's weights); with --patience it stops once
     validation F1@5 stops improving and ends with the best epoch's weights.
-    (model, per-epoch history, the early stopping state or None)."""
+    (model, per-epoch history, the early stopping state or None). `nodes` gets the Ray node of
+    each worker (with --num-workers)."""
     entry = model_entry(name)
     # With Ray workers the driver only mirrors the model (checkpoints, validation): CPU is enough.
     model = build(name, data, cfg, sn_dim, "cpu" if cfg.num_workers > 0 else device)
@@ -228,6 +229,8 @@ def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: in
             train_epochs(engine, model, opts.epochs, start, entry.trainer.describe(model, opts),
                          entry.trainer.advice, end_epoch, stop=es.should_stop if es else None)
     finally:
+        if nodes is not None:
+            nodes[:] = getattr(engine, "nodes", [])
         engine.close()
     if es is not None and best is not None:
         log.info("train %s: %s", name, es.reason)
@@ -271,6 +274,7 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     device = _device(cfg)
     bpr, grid = bpr_config(cfg), dict[str, Any]()
     t0 = time.perf_counter()
+    nodes: list[str] = []
     if cfg.tune and entry.tunable:
         bpr, grid, model, history, es = tune(name, data, cfg, bpr, sn_dim, device)
     opts, extra = SETTINGS[entry.config](cfg, data, bpr)
@@ -280,7 +284,7 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
                 **{k: getattr(cfg, k) for k in entry.size}, "patience": cfg.patience}
         fp = _fingerprint(name, same, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
         ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
-        model, history, es = fit(name, data, cfg, bpr, sn_dim, device, ckpt)
+        model, history, es = fit(name, data, cfg, bpr, sn_dim, device, ckpt, nodes)
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
     stopping = ({"patience": cfg.patience, "epochs_run": len(history), "best_epoch": es.best_epoch,
@@ -293,9 +297,15 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
         meta["calibration"] = calibrate(model, data.val).to_json()
     out_dir = Path(cfg.out) / "models" / name
     recsys_io.save(model, out_dir, meta)
-    return {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": len(history),
-            "best_epoch": es.best_epoch if es is not None else len(history), "lr": opts.lr,
-            "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
+    summary = {"dir": str(out_dir), "val_f1@5": round(val["f1@5"], 6), "epochs": len(history),
+               "best_epoch": es.best_epoch if es is not None else len(history), "lr": opts.lr,
+               "reg": getattr(opts, "reg", 0.0), "seconds": round(time.perf_counter() - t0, 2)}
+    if nodes:   # Ray workers: which node trained which rank; the driver saved the model
+        from jobs._ray import placement
+
+        pl = placement(workers={n: nodes.count(n) for n in set(nodes)})
+        summary["placement"] = {**pl, "node_of_rank": nodes}
+    return summary
 
 
 def _check_ml_flags(cfg: TrainConfig) -> None:

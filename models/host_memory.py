@@ -5,22 +5,19 @@ Any process that allocates and frees the same big buffers every batch pays for g
 mapping them afresh. CPU convolutions at batch 8 allocate activations of 100-200 MB (VGG16 conv1 at 224:
 8 x 64 x 224 x 224 x 4 B = 103 MB; YOLOv2 at 448 twice that). glibc serves anything above
 32 MB (its largest mmap threshold) with a fresh mmap and unmaps it on free, so every batch
-the kernel zero-fills those pages again: measured on this project's 2-core machine
-(VGG16-GAP + YOLOv2, batch 8, 2 threads, in-process), 0.42 CPU-s per image with glibc's
-defaults, 0.46-0.50 with the 1 MB mmap threshold the extract actor used to keep for the
-whole run, and 0.32 with the heap reused (`reuse_heap`), the system time going from
-0.08-0.12 to 0.00 s per image. The scoring tasks of `jobs.score` (read buffers, float32
-features, score blocks: 8-60 MB per batch) run 4-9% faster with `reuse_heap` (measured).
+the kernel zero-fills those pages again: system time per image that reusing the heap
+(`reuse_heap`) removes. The scoring tasks of `jobs.score` (read buffers, float32 features,
+score blocks) gain from it too. Figures: benchmarks/results/design-measurements.md.
 
 The order that keeps both memory and CPU low:
 
 1. `release_large_frees()` before building the models: loading and folding weights makes
    and frees large copies; with a 1 MB mmap threshold they go back to the OS instead of
-   staying in the heap (an actor kept 573 MB after the build instead of 659 MB).
+   staying in the heap.
 2. `reuse_heap()` once the models are built: large buffers come from the heap and stay
    there between batches (no mmap, no trim below `trim_threshold`). The process then keeps
-   its peak working set resident (one batch's activations, ~0.5 GB at batch 8) instead of
-   returning it after each batch.
+   its peak working set resident (one batch's activations) instead of returning it after
+   each batch.
 
 Threads: glibc gives each new thread its own arena, whose heaps are at most 64 MB, so a
 thread's larger buffers are mmapped whatever M_MMAP_MAX says. Ray Data calls an actor's

@@ -1,4 +1,4 @@
-"""Ranking metrics for tag recommendation: P@k, R@k, F1@k, Acc@k for k = 1..K (issue 2).
+"""Ranking metrics for tag recommendation: P@k, R@k, F1@k, Acc@k for k = 1..K.
 
 Definitions (Nguyen, Wistuba, Schmidt-Thieme 2017, Sec. 5): for a post with true tags
 T and top-k list L_k,

@@ -111,3 +111,63 @@ def torch_one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """A real S3-compatible server (moto) on 127.0.0.1 for the whole session; users admin and nobody."""
+    from _s3 import start_s3, stop_s3
+
+    server = start_s3(tmp_path_factory.mktemp("s3"))
+    yield server
+    stop_s3(server)
+
+
+@pytest.fixture(scope="session")
+def s3_proxy(s3_server):
+    """A real HTTP proxy in front of s3_server that fails chosen requests (`proxy.fail(...)`)."""
+    from _s3 import FaultProxy
+
+    proxy = FaultProxy(s3_server.url)
+    yield proxy
+    proxy.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch):
+    """This process's AWS variables set for s3_server as user admin (none of the caller's kept).
+
+    Returns a function that switches user or endpoint: `s3_env(user="nobody", endpoint=proxy.url)`.
+    Fast retries, so that tests of failing reads do not sleep for seconds.
+    """
+    from _s3 import AWS_VARS
+
+    from featurestore import uri
+
+    def use(user: str = "admin", endpoint: str = "") -> dict[str, str]:
+        for k in AWS_VARS:
+            monkeypatch.delenv(k, raising=False)
+        env = s3_server.env(user, endpoint)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        uri.clear_cache()
+        return env
+
+    monkeypatch.setenv("TAGREC_IO_BACKOFF_S", "0.05")
+    use()
+    yield use
+    uri.clear_cache()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server, s3_proxy):
+    """Three Ray nodes on this machine: head (1 CPU, `store`), two workers (1 CPU and `pool` each).
+
+    Every node's processes read S3 through s3_proxy as user admin (so tests can fail reads on
+    any node). Jobs join it with `--ray-address ray_cluster.address`.
+    """
+    from _ray_cluster import start_cluster, stop_cluster
+
+    lc = start_cluster({**s3_server.env("admin", s3_proxy.url), "TAGREC_IO_BACKOFF_S": "0.05"})
+    yield lc
+    stop_cluster(lc)

@@ -1,4 +1,4 @@
-"""cluster.yaml (issues 8 and 10): valid for Ray's own launcher, safe, and commented.
+"""cluster.yaml: valid for Ray's own launcher, safe, and commented.
 
 Validation is Ray's: `prepare_config` (merge with the provider's defaults, as `ray up`
 does before it talks to the cloud) then `validate_config` (ray-schema.json plus the

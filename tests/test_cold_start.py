@@ -1,4 +1,4 @@
-"""+SN beats its base model on users with <= 2 training posts (issue 6), and only because of
+"""+SN beats its base model on users with <= 2 training posts, and only because of
 the social signal: the real stages end to end on a seeded synthetic archive.
 
     jobs.synth --no-images --write-features  (non-visual place/event tags planted, the default)

@@ -73,3 +73,16 @@ def test_evaluate_scores_a_saved_model_beside_the_baselines(tmp_path):
     ev = json.loads((out / "evaluation.json").read_text())
     # PITF learns the users' own tags: far above the non-personal baseline.
     assert ev["PITF"]["f1@3"] > ev["most-popular"]["f1@3"] + 0.15
+
+
+def test_evaluation_outputs_to_an_s3_uri_match_the_local_ones(tmp_path, s3_env, s3_server):
+    posts = _personal_archive(tmp_path, users=10)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out), test_per_user=2))
+    s3_server.client().create_bucket(Bucket="eval-test")
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--results", "s3://eval-test/r/1"]) == 0
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out)]) == 0
+    remote = s3_server.objects("eval-test", "r/1/")
+    assert sorted(remote) == ["r/1/evaluation.json", "r/1/evaluation.md", "r/1/f1_at_k.png"]
+    assert json.loads(remote["r/1/evaluation.json"]) == json.loads((out / "evaluation.json").read_text())
+    assert remote["r/1/evaluation.md"] == (out / "evaluation.md").read_bytes()

@@ -196,3 +196,37 @@ def test_writer_actor_pinned_to_store_node(ray_local, tmp_path):
         assert s.reader(IC).get(42).tolist() == [42.0] * 4 and s.errors(IC)[0].tolist() == [500]
         with s.writer(IC) as w:                         # the actor released the writer lock
             w.put([1000], np.zeros((1, 4), np.float32))
+
+
+# ------------------------------------------------------------------------- URIs
+def test_export_and_index_to_s3_read_back_equal(filled, tmp_path, s3_env, s3_server):
+    """--out as an s3:// URI (a real S3-compatible server): the same bytes as a local export."""
+    s, ids, v = filled
+    s3_server.client().create_bucket(Bucket="export-test")
+    assert cli_main(["export", s.path, "--view", IC, "--out", "s3://export-test/f/ic.parquet"]) == 0
+    export_parquet(s.reader(IC), tmp_path / "ic.parquet")
+    remote = s3_server.objects("export-test", "f/")
+    assert list(remote) == ["f/ic.parquet"]                       # one object, no temporary one
+    assert remote["f/ic.parquet"] == (tmp_path / "ic.parquet").read_bytes()
+    assert cli_main(["index", s.path, "--view", IC, "--out", "s3://export-test/idx", "--kind", "flat"]) == 0
+    index, saved_ids, meta = load_index("s3://export-test/idx")
+    np.testing.assert_array_equal(saved_ids, ids)
+    _, found = index.search(v[[5]] + 1e-3, 1)
+    assert found[0, 0] == ids[5] and meta["count"] == 300
+
+
+def test_export_to_a_denied_or_missing_bucket_is_one_line_exit_2(filled, s3_env, capsys):
+    s, _, _ = filled
+    assert cli_main(["export", s.path, "--view", IC, "--out", "s3://no-such-export-bucket/ic.parquet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurestore export: error:") and "no-such-export-bucket" in err and "\n" not in err
+    s3_env(user="nobody")
+    assert cli_main(["export", s.path, "--view", IC, "--out", "s3://export-test/denied.parquet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "access denied to s3://export-test/denied.parquet" in err and "\n" not in err
+
+
+def test_store_refuses_a_uri_with_the_fix(tmp_path):
+    from featurestore import StoreError
+    with pytest.raises(StoreError, match="LMDB folder on a local disk"):
+        Store.open("s3://bucket/store", create=True)

@@ -1,17 +1,16 @@
-"""Property tests (hypothesis) of the store's key and value codecs (issue 10).
+"""Property tests (hypothesis) of the store's key and value codecs.
 
 Round trips, and: any byte string handed to a decoder gives a clear StoreError or exactly
 the vector those bytes encode (never another exception, never a wrong vector).
-Each property counts the cases it ran; the counts are printed at the end of the module.
+Each property checks that it ran its cases (tests/_fuzz.py); the run's summary lists them.
 """
 
 from __future__ import annotations
 
-import collections
-
 import lmdb
 import numpy as np
 import pytest
+from _fuzz import counted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,9 +26,9 @@ from featurestore.codec import (
 )
 from featurestore.meta import ViewInfo, check_header
 
-RUNS: collections.Counter = collections.Counter()
-FAST = settings(max_examples=300, deadline=None, derandomize=True)
-SLOW = settings(max_examples=60, deadline=None, derandomize=True,
+FAST_CASES, SLOW_CASES = 300, 60
+FAST = settings(max_examples=FAST_CASES, deadline=None, derandomize=True)
+SLOW = settings(max_examples=SLOW_CASES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 ids_st = st.lists(st.integers(0, MAX_ID), max_size=50)
@@ -40,23 +39,11 @@ codec_st = st.one_of(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def report_counts(request):
-    yield
-    tr = request.config.pluginmanager.get_plugin("terminalreporter")
-    lines = [f"  {name}: {n} cases" for name, n in sorted(RUNS.items())]
-    if tr is not None:
-        tr.write_line("\nfeaturestore property cases run:")
-        for line in lines:
-            tr.write_line(line)
-    print("\n".join(lines))
-
-
 # ------------------------------------------------------------------------ keys
+@counted(FAST_CASES)
 @FAST
 @given(ids_st)
 def test_key_round_trip_and_order(ids):
-    RUNS["key round trip + byte order = numeric order"] += 1
     a = np.array(ids, dtype=np.int64)
     keys = split_keys(encode_keys(a))
     assert all(len(k) == 8 for k in keys)
@@ -65,10 +52,10 @@ def test_key_round_trip_and_order(ids):
     assert sorted(keys) == split_keys(encode_keys(np.sort(a)))
 
 
+@counted(FAST_CASES)
 @FAST
 @given(st.binary(max_size=20))
 def test_decode_key_any_bytes(b):
-    RUNS["decode_key(any bytes)"] += 1
     try:
         v = decode_key(b)
     except StoreError:
@@ -77,10 +64,10 @@ def test_decode_key_any_bytes(b):
     assert len(b) == 8 and v == int.from_bytes(b, "big") <= MAX_ID
 
 
+@counted(FAST_CASES)
 @FAST
 @given(st.lists(st.binary(max_size=10), max_size=8))
 def test_decode_keys_any_bytes(keys):
-    RUNS["decode_keys(any byte strings)"] += 1
     try:
         out = decode_keys(keys)
     except StoreError:
@@ -89,11 +76,11 @@ def test_decode_keys_any_bytes(keys):
     assert out.tolist() == [int.from_bytes(k, "big") for k in keys]
 
 
+@counted(FAST_CASES)
 @FAST
 @given(st.lists(st.one_of(st.integers(-2**70, 2**70), st.floats(allow_nan=True), st.text(max_size=3),
                           st.booleans(), st.none()), max_size=6))
 def test_as_ids_any_input(xs):
-    RUNS["as_ids(any python values)"] += 1
     try:
         out = as_ids(xs)
     except StoreError:
@@ -115,10 +102,10 @@ def _random_values(codec: ValueCodec, n: int, data) -> np.ndarray:
     return out
 
 
+@counted(FAST_CASES)
 @FAST
 @given(codec_st, st.integers(0, 20), st.data())
 def test_value_round_trip(codec, n, data):
-    RUNS["value encode/decode round trip"] += 1
     ids = np.arange(n, dtype=np.int64)
     vals = _random_values(codec, n, data)
     enc = codec.encode(vals, ids)
@@ -139,10 +126,10 @@ def _finite_bytes(codec: ValueCodec, b: bytes) -> bool:
         return all(np.isfinite(c.astype(np.float64)).all() for c in cols)
 
 
+@counted(FAST_CASES)
 @FAST
 @given(codec_st, st.data())
 def test_decode_value_any_bytes(codec, data):
-    RUNS["decode_value(any bytes): StoreError or the exact vector"] += 1
     size = data.draw(st.one_of(st.just(codec.nbytes), st.integers(0, codec.nbytes + 9)))
     b = data.draw(st.binary(min_size=size, max_size=size))
     try:
@@ -155,10 +142,10 @@ def test_decode_value_any_bytes(codec, data):
     assert v.tobytes() == b                                  # exactly the bytes given, never another vector
 
 
+@counted(FAST_CASES)
 @FAST
 @given(st.binary(max_size=200))
 def test_metadata_json_any_bytes(b):
-    RUNS["ViewInfo.from_json / check_header(any bytes)"] += 1
     for fn in (lambda: ViewInfo.from_json(b, "x/y@1"), lambda: check_header(b, "/s")):
         try:
             fn()
@@ -178,12 +165,12 @@ def fuzz_store(tmp_path_factory):
     return path
 
 
+@counted(SLOW_CASES)
 @SLOW
 @given(st.one_of(st.binary(max_size=16), st.binary(min_size=8, max_size=8)))
 def test_reader_on_any_stored_bytes(fuzz_store, b):
     """Bytes planted behind the store's back under id 2: get_many/scan raise StoreError or
     return exactly those bytes; ids 1 and 3 are never affected."""
-    RUNS["reader get_many/scan over any stored bytes"] += 1
     env = lmdb.open(str(fuzz_store), max_dbs=512)
     db = env.open_db(b"data:image/vgg16@1")
     with env.begin(write=True) as txn:

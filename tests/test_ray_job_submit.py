@@ -1,4 +1,4 @@
-"""`ray job submit` against a real Ray head, the way CI runs the jobs (issue 8).
+"""`ray job submit` against a real Ray head, the way CI runs the jobs.
 
 A module-scoped fixture starts a private Ray head with `ray start --head --block`
 (free ports, its own --temp-dir, token auth on, a "store" resource like the head of
@@ -163,7 +163,7 @@ def _pipeline_ready() -> str:
 @pytest.mark.timeout(PIPELINE_TIMEOUT_S + 120)
 @pytest.mark.skipif(bool(_pipeline_ready()), reason=_pipeline_ready() or "ready")
 def test_pipeline_via_ray_job_submit(ray_head, tmp_path):
-    """The issue's end-to-end check: the pipeline on tiny data, submitted as CI does."""
+    """The end-to-end check: the pipeline on tiny data, submitted as CI does."""
     out = (tmp_path / "run").resolve()  # absolute: the job's cwd is a copy elsewhere
     job = submit(ray_head, PIPELINE_ENTRYPOINT.format(out=out), timeout=PIPELINE_TIMEOUT_S)
     assert_succeeded(job)

@@ -55,25 +55,21 @@ def test_directed_uses_edges_as_given(tmp_path):
     assert res["pairs"] == 1 and res["n_samples"] == 2 and res["mean_sp"] == pytest.approx(0.5)
 
 
-def _synth(tmp_path, seed=0):
-    from jobs.synth import SynthConfig
-    from jobs.synth import run as synth_run
-
-    out = tmp_path / "synth"
-    synth_run(SynthConfig(out=str(out), no_images=True, num_users=200, num_posts=1500, seed=seed))
-    return out / "archive" / "posts.parquet", out / "archive" / "edges.parquet"
+def _synth(synth_archive, seed=0):
+    archive = synth_archive(no_images=True, num_users=200, num_posts=1500, seed=seed)
+    return archive / "posts.parquet", archive / "edges.parquet"
 
 
-def test_planted_social_signal_is_positive(tmp_path):
-    posts, edges = _synth(tmp_path)
+def test_planted_social_signal_is_positive(tmp_path, synth_archive):
+    posts, edges = _synth(synth_archive)
     res = run(SocialInfluenceConfig(posts=str(posts), edges=str(edges), out=str(tmp_path / "o")))
     assert res["mean_sp"] > res["mean_sr"]
     assert res["effect_size"] > 0.1 and res["relative_lift"] > 0.1 and res["p_value_student"] < 1e-6
 
 
-def test_no_signal_when_users_are_shuffled(tmp_path):
+def test_no_signal_when_users_are_shuffled(tmp_path, synth_archive):
     # Same tags and graph, but users relabelled at random: friends no longer tag alike.
-    posts, edges = _synth(tmp_path)
+    posts, edges = _synth(synth_archive)
     t = pq.read_table(posts)
     uid = t.column("user_id").to_numpy()
     uniq = np.unique(uid)
@@ -87,8 +83,8 @@ def test_no_signal_when_users_are_shuffled(tmp_path):
     assert abs(res["effect_size"]) < 0.07 and abs(res["relative_lift"]) < 0.1
 
 
-def test_max_pairs_subsamples_reproducibly(tmp_path):
-    posts, edges = _synth(tmp_path)
+def test_max_pairs_subsamples_reproducibly(tmp_path, synth_archive):
+    posts, edges = _synth(synth_archive)
     cfg = SocialInfluenceConfig(posts=str(posts), edges=str(edges), out=str(tmp_path / "o"), max_pairs=300, seed=5)
     a, b = run(cfg), run(cfg)
     assert a["pairs"] == 300 and a == b

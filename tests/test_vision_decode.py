@@ -1,4 +1,4 @@
-"""Decoding: formats to RGB, EXIF orientation, bad inputs with a reason, fuzzed bytes (issue 10)."""
+"""Decoding: formats to RGB, EXIF orientation, bad inputs with a reason, fuzzed bytes."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+from _fuzz import counted
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
@@ -134,14 +135,13 @@ def test_batched_torch_decode_mixes_formats_and_failures():
 # ---------------------------------------------------------------- fuzzing (hypothesis)
 # Each property checks: no exception escapes, a failure has a known reason, a success is a
 # (H, W, 3) uint8 image within the pixel limit. The small pixel limit keeps every case's decode
-# work bounded; a hang would trip pytest-timeout. Case counts: see the report (-s prints them).
+# work bounded; a hang would trip pytest-timeout. Each property checks that it ran its cases
+# (`_fuzz.counted`); the run's summary lists the counts.
 
 FUZZ_LIMITS = DecodeLimits(max_pixels=1 << 20, max_bytes=1 << 20)
-COUNTS: dict[str, int] = {}
 
 
-def _check(data: bytes, name: str) -> None:
-    COUNTS[name] = COUNTS.get(name, 0) + 1
+def _check(data: bytes) -> None:
     arr, reason = try_decode(data, FUZZ_LIMITS)
     if arr is None:
         assert reason in REASONS
@@ -157,45 +157,45 @@ def _mutate(base: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes
     return bytes(b[:cut] if cut is not None else b)
 
 
-FUZZ = settings(max_examples=300, deadline=None, derandomize=True,
+FUZZ_CASES = 300
+FUZZ = settings(max_examples=FUZZ_CASES, deadline=None, derandomize=True,
                 suppress_health_check=[HealthCheck.too_slow])
 edits = st.lists(st.tuples(st.integers(0, 1 << 16), st.integers(0, 255)), min_size=1, max_size=24)
 cuts = st.none() | st.integers(0, 4096)
 
 
+@counted(FUZZ_CASES)
 @FUZZ
 @given(st.binary(max_size=2048))
 def test_fuzz_random_bytes(data):
-    _check(data, "random")
+    _check(data)
 
 
+@counted(FUZZ_CASES)
 @FUZZ
 @given(st.sampled_from([b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF", b"BM", b"II*\x00"]),
        st.binary(max_size=1024))
 def test_fuzz_magic_prefixed_bytes(magic, tail):
-    _check(magic + tail, "magic+random")
+    _check(magic + tail)
 
 
+@counted(FUZZ_CASES)
 @FUZZ
 @given(edits, cuts)
 def test_fuzz_mutated_jpeg(e, cut):
-    _check(_mutate(JPEG, e, cut), "mutated-jpeg")
+    _check(_mutate(JPEG, e, cut))
 
 
+@counted(FUZZ_CASES)
 @FUZZ
 @given(edits, cuts)
 def test_fuzz_mutated_png(e, cut):
-    _check(_mutate(PNG, e, cut), "mutated-png")
+    _check(_mutate(PNG, e, cut))
 
 
+@counted(100)
 @settings(max_examples=100, deadline=None, derandomize=True)
 @given(edits, cuts)
 def test_fuzz_mutated_jpeg_batched_torch_path(e, cut):
-    COUNTS["mutated-jpeg-torch"] = COUNTS.get("mutated-jpeg-torch", 0) + 1
     ((t, reason),) = decode_batch_torch([_mutate(JPEG, e, cut)], device="cpu", limits=FUZZ_LIMITS)
     assert (t is None and reason in REASONS) or (reason == "" and t.ndim == 3 and t.shape[2] == 3)
-
-
-def test_fuzz_case_counts_report(capsys):
-    with capsys.disabled():
-        print("\nfuzz cases run per property:", dict(sorted(COUNTS.items())))

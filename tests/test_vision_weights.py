@@ -1,4 +1,4 @@
-"""Weights are loaded without running code from the file (issue 10)."""
+"""Weights are loaded without running code from the file."""
 
 from __future__ import annotations
 

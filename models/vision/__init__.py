@@ -1,4 +1,4 @@
-"""Image features (issue 4): VGG16-GAP (512-d IC) and YOLO max-probability (80-d OD).
+"""Image features: VGG16-GAP (512-d IC) and YOLO max-probability (80-d OD).
 
     models.vision.vgg              VGG16 conv layers + global average pooling
     models.vision.yolo             built-in YOLOv2 on Darknet-19 (448x448) + OD head

@@ -1,4 +1,4 @@
-"""Inference backends: one registry, one contract (issue 4).
+"""Inference backends: one registry, one contract.
 
 A backend turns a feature module ((B, 3, H, W) float -> (B, D)) into a `Runner`: a callable
 taking a float32 batch (on CPU or on the backend's device) and returning (B, D) float32 on CPU.

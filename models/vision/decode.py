@@ -1,6 +1,6 @@
 """Image decoding with bounded work: bytes -> (H, W, 3) uint8 RGB, or a reason it failed.
 
-Untrusted input (issue 10): the pixel count is checked from the header *before* decoding
+Untrusted input: the pixel count is checked from the header *before* decoding
 (decompression bombs -> `too-many-pixels`), the byte size is capped, only the first frame of an
 animation is decoded and only a fixed set of formats is tried. Decode work is linear in
 bytes + pixels, so both caps together bound decode time. Any failure is a `DecodeFailure` with
@@ -30,8 +30,10 @@ if TYPE_CHECKING:   # decoding to tensors imports torch lazily (the numpy path d
     import torch
 
 # Why an image failed; `decode-error` is the catch-all for a decoder exception we did not expect.
+# `denied` and `read-failed` (a transient error that outlasted the retries) come from reading
+# images through object stores (jobs/_image_io.py).
 REASONS = ("missing", "empty", "unreadable", "too-large", "not-an-image", "too-many-pixels",
-           "truncated", "corrupt", "decode-error")
+           "truncated", "corrupt", "decode-error", "denied", "read-failed")
 ALLOWED_FORMATS = ("JPEG", "MPO", "PNG", "GIF", "WEBP", "BMP", "TIFF")
 JPEG_FORMATS = ("JPEG", "MPO")
 

@@ -1,6 +1,6 @@
 """A user-supplied ONNX detector (YOLOv5 [B, N, 85] or YOLOv8 [B, 84, N]) as an 80-d OD feature.
 
-The file is untrusted (issue 10), so before anything runs it is checked: parsed without
+The file is untrusted, so before anything runs it is checked: parsed without
 resolving external data, every external-data location must stay inside the model's folder,
 the default-domain opset must be one we support, the graph must pass `onnx.checker`, it must
 take one (B, 3, H, W) image input with fixed H, W and give a first output in a YOLO layout with

@@ -1,4 +1,4 @@
-"""Loading weight files without running code from them (issue 10), and their digests.
+"""Loading weight files without running code from them, and their digests.
 
 Accepted: `.safetensors` files, and `torch.save` files that `torch.load(weights_only=True)`
 reads (tensors and plain containers only). A pickle that needs any other global — a model

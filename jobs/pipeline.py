@@ -8,7 +8,10 @@ are the stages' own (`PipelineConfig` is composed from their configs, help and a
 values included): a flag only one stage has, or that every stage having it declares alike
 (`--out`, `--seed`, `--p-core`, ...), keeps its name; a flag two stages declare differently
 is prefixed with its stage (`--train-epochs`, `--embed-users-epochs`, `--extract-batch-size`).
-`--model` names the model `train` trains (with `--no-all`) and `score` scores. Each stage
+`--model` names the model `train` trains (with `--no-all`) and `score` scores; without it,
+`score` takes the trained model with the best validation F1@5 and says which. A tag-only
+archive (none of its first image files exists, or `--skip extract`) skips extract; train
+then trains what needs no image features and prints one line per model it skips. Each stage
 skips what is already done in the store and the output folder, so a re-run resumes. With no
 arguments: a small synthetic archive, a local Ray, CPU, seeded random CNN weights (no
 weights can be downloaded), ending with the evaluation table and where the outputs are.
@@ -40,7 +43,8 @@ class PipelineArgs(ArchiveArgs, SplitArgs, RayArgs):
     stages: list[str] = arg(list(STAGES), "stages to run, in this order (comma-separated)")
     skip: list[str] = arg([], "stages to leave out (comma-separated)")
     all: bool = arg(True, "train every registered model (else only --model); evaluate compares all trained")
-    model: str = arg("PITF-IC-OD", "the model whose top-k tags `score` writes (and the one trained with --no-all)")
+    model: str = arg("", "the model whose top-k tags `score` writes (and the one trained with --no-all); empty: "
+                         "the trained model with the best validation F1@5")
 
 
 # A stage flag the pipeline shows under another name than the collision rule gives it.
@@ -132,6 +136,47 @@ def _has_weights(cfg: Any) -> bool:
     return bool(cfg.vgg_weights or cfg.yolo_weights or cfg.yolo_onnx)
 
 
+IMAGE_SAMPLE = 1000  # image paths checked for a tag-only archive
+
+
+def _images_present(cfg: Any) -> bool:
+    """Whether any of the archive's first IMAGE_SAMPLE image files exists (local paths or URIs)."""
+    from featurestore import uri
+    from jobs.contract import iter_posts
+
+    for batch in iter_posts(str(cfg.posts_path()), columns=("image",), batch_rows=IMAGE_SAMPLE):
+        return any(uri.exists(p) for p in batch.column("image").to_pylist() if p)
+    return False
+
+
+def _report_train(summary: dict[str, Any]) -> None:
+    """One line per model train skipped or that failed, and why."""
+    for what in ("skipped", "failed"):
+        for name, why in (summary.get(what) or {}).items():
+            print(f"pipeline: train: {what} {name}: {why}", file=sys.stderr)
+
+
+def _best_model(cfg: Any) -> str:
+    """The saved model with the best validation F1@5 (model.json), said on stderr; JobError if none."""
+    import json
+
+    from jobs.errors import JobError
+
+    scores = {}
+    for meta in sorted((Path(cfg.out) / "models").glob("*/model.json")):
+        doc = json.loads(meta.read_text())
+        f1 = ((doc.get("metrics") or {}).get("val") or {}).get("f1@5")
+        if f1 is not None:
+            scores[meta.parent.name] = float(f1)
+    if not scores:
+        raise JobError(f"score: no trained model under {Path(cfg.out) / 'models'} to choose from; run the train "
+                       "stage or pass --model")
+    best = max(sorted(scores), key=lambda n: scores[n])
+    print(f"pipeline: score: scoring with {best}, the trained model with the best validation F1@5 "
+          f"({scores[best]:.4f}; pass --model to choose)", file=sys.stderr)
+    return best
+
+
 def run(cfg: Any) -> dict[str, Any]:
     unknown = sorted(set(cfg.stages) - set(STAGES))
     if unknown:
@@ -158,15 +203,28 @@ def run(cfg: Any) -> dict[str, Any]:
             missing.append(stage)
             print(f"pipeline: stage '{stage}' is not installed; skipping it", file=sys.stderr)
             continue
+        if stage == "extract" and not _images_present(cfg):
+            print(f"pipeline: extract: skipped: none of the first {IMAGE_SAMPLE} image files of {cfg.posts_path()} "
+                  "exist (a tag-only archive); models that need image features will be skipped", file=sys.stderr)
+            continue
         if stage in RAY_STAGES and not ray_started:
             from jobs._ray import init_ray
 
             init_ray(cfg.ray_address, cfg.num_cpus)
             ray_started = True
+        stage_cfg = stage_config(stage, cfg, synthetic)
+        if stage == "train" and not cfg.all and not cfg.model:
+            from jobs.errors import JobError
+
+            raise JobError("--no-all trains only --model: name one (e.g. --model PITF)")
+        if stage == "score" and not cfg.model:
+            stage_cfg = dataclasses.replace(stage_cfg, model=_best_model(cfg))
         print(f"pipeline: ── {stage} ──", file=sys.stderr)
         t0 = time.time()
-        summaries[stage] = execute(stage, stage_config(stage, cfg, synthetic), _stage_module(stage).run)  # type: ignore[union-attr]
+        summaries[stage] = execute(stage, stage_cfg, _stage_module(stage).run)  # type: ignore[union-attr]
         done.append((stage, round(time.time() - t0, 1)))
+        if stage == "train":
+            _report_train(summaries[stage])
     out = Path(cfg.out).resolve()
     print("\npipeline: stages run: " + ", ".join(f"{s} ({t}s)" for s, t in done), file=sys.stderr)
     if missing:

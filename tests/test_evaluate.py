@@ -83,6 +83,7 @@ def test_evaluation_outputs_to_an_s3_uri_match_the_local_ones(tmp_path, s3_env, 
     assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--results", "s3://eval-test/r/1"]) == 0
     assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out)]) == 0
     remote = s3_server.objects("eval-test", "r/1/")
-    assert sorted(remote) == ["r/1/evaluation.json", "r/1/evaluation.md", "r/1/f1_at_k.png"]
+    assert sorted(remote) == ["r/1/evaluation.json", "r/1/evaluation.md", "r/1/f1_at_k.png",
+                              "r/1/precision_coverage.png"]
     assert json.loads(remote["r/1/evaluation.json"]) == json.loads((out / "evaluation.json").read_text())
     assert remote["r/1/evaluation.md"] == (out / "evaluation.md").read_bytes()

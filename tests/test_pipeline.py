@@ -51,3 +51,41 @@ def test_pipeline_runs_every_stage_and_resumes(tmp_path, ray_local, capsys):
 def test_pipeline_rejects_unknown_stage(tmp_path, capsys):
     assert run_job("pipeline", PipelineConfig, run, ["--out", str(tmp_path), "--stages", "synth,bogus"]) == 2
     assert "unknown stage(s) ['bogus']" in capsys.readouterr().err
+
+
+FOLK = ["--kind", "folksonomy", "--num-users", "60", "--num-posts", "1500", "--num-tags", "200", "--num-items",
+        "300", "--num-genres", "5", "--p-core", "3", "--p-core-items", "--train-epochs", "15", "--train-dim", "16"]
+
+
+def test_tag_only_archive_runs_end_to_end(tmp_path, ray_local, capsys):
+    """No image exists: extract is skipped, train trains what needs no pixels and says what it
+    skips, score takes the best trained model by validation F1@5, evaluate compares them all."""
+    out = tmp_path / "folk"
+    assert run_job("pipeline", PipelineConfig, run, ["--out", str(out), *FOLK]) == 0
+    err = capsys.readouterr().err
+    summary = json.loads((out / "reports" / "pipeline.summary.json").read_text())
+    assert "extract" not in summary["stages_run"] and "pipeline: extract: skipped: none of the first" in err
+    assert summary["stages_run"][-3:] == ["score", "evaluate", "social_influence"]
+    trained = json.loads((out / "reports" / "train.summary.json").read_text())
+    assert {"PITF", "FM", "PITF+SN", "FM+SN"} <= set(trained["models"])
+    for name in ("PITF-IC-OD", "FM-IC", "social-multilabel", "visual-multilabel"):
+        assert name in trained["skipped"] and f"pipeline: train: skipped {name}: " in err
+    best = max(trained["models"], key=lambda n: trained["models"][n]["val_f1@5"])
+    assert f"pipeline: score: scoring with {best}, the trained model with the best validation F1@5" in err
+    score = json.loads((out / "reports" / "score.summary.json").read_text())
+    assert score["model"] == best and score["scored_posts"] > 0
+    part = pq.read_table(sorted((out / "topk" / best).glob("part-*.parquet"))[0])
+    assert part.column("probabilities").null_count == 0   # calibrated by train
+    ev = json.loads((out / "evaluation.json").read_text())
+    assert set(trained["models"]) | {"most-popular", "user-popular", "item-popular", "user-item-popular",
+                                     "friends-popular"} <= set(ev)
+    assert 0 <= ev["baselines"]["user-item-popular"]["alpha"] <= 1
+    assert set(ev["backfill"][best]["targets"]) == {"0.5", "0.7", "0.9"}
+    # many users tag the same items: the item's own tags beat the global list
+    assert ev["item-popular"]["f1@5"] > ev["most-popular"]["f1@5"] + 0.05
+    assert (out / "f1_at_k.png").is_file() and (out / "precision_coverage.png").is_file()
+
+
+def test_no_all_needs_a_model(tmp_path, capsys):
+    assert run_job("pipeline", PipelineConfig, run, ["--out", str(tmp_path), "--stages", "train", "--no-all"]) == 2
+    assert "--no-all trains only --model" in capsys.readouterr().err

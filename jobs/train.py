@@ -67,7 +67,10 @@ class TrainConfig(ArchiveArgs, RayArgs):
     epochs: int = arg(300, "the most training epochs (BPR: passes over the (post, tag) pairs); with --patience "
                            "training stops sooner, once validation F1@5 stops improving")
     patience: int = arg(10, "early stopping: stop after this many epochs without a better validation F1@5 "
-                            "and keep the best epoch's weights (0: off, train exactly --epochs)")
+                            "(or --patience-frac times the best epoch, when more) and keep the best epoch's "
+                            "weights (0: off, train exactly --epochs)")
+    patience_frac: float = arg(1.0, "early stopping: wait at least this fraction of the best epoch without "
+                                    "improvement (late improvements are slow; 0: a fixed --patience)")
     dim: int = arg(128, "factor dimension k of the factorization models")
     lr: float = arg(0.05, "BPR learning rate α (ignored with --tune)")
     reg: float = arg(1e-4, "BPR L2 strength λ (ignored with --tune)")
@@ -182,7 +185,7 @@ def _stopper(cfg: TrainConfig, epochs: int, history: list[dict]) -> EarlyStoppin
     """Early stopping over at most `epochs`, replayed from a resumed run's history; None with --patience 0."""
     if cfg.patience <= 0:
         return None
-    es = EarlyStopping(patience=cfg.patience, max_epochs=epochs)
+    es = EarlyStopping(patience=cfg.patience, max_epochs=epochs, patience_frac=cfg.patience_frac)
     for h in history:
         es.update(h["epoch"], h["val_f1@5"])
     return es
@@ -281,13 +284,14 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     if not grid:
         # What a resumed run must share with the checkpoint (not the number of epochs).
         same = {**{k: v for k, v in dataclasses.asdict(opts).items() if k != "epochs"},
-                **{k: getattr(cfg, k) for k in entry.size}, "patience": cfg.patience}
+                **{k: getattr(cfg, k) for k in entry.size}, "patience": [cfg.patience, cfg.patience_frac]}
         fp = _fingerprint(name, same, cfg.seed, sn_dim, len(data.train), len(data.tags), data.tags[:50].tolist())
         ckpt = Checkpoints(Path(cfg.out) / "checkpoints" / name, fp, data.tags.tolist())
         model, history, es = fit(name, data, cfg, bpr, sn_dim, device, ckpt, nodes)
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
-    stopping = ({"patience": cfg.patience, "epochs_run": len(history), "best_epoch": es.best_epoch,
+    stopping = ({"patience": cfg.patience, "patience_frac": cfg.patience_frac, "epochs_run": len(history),
+                 "best_epoch": es.best_epoch,
                  "reason": es.reason} if es is not None else {"patience": 0, "epochs_run": len(history)})
     training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid,
                 "early_stopping": stopping, "trainer": entry.trainer.describe(model, opts), **extra}
@@ -336,9 +340,9 @@ def run(cfg: TrainConfig) -> dict[str, Any]:
         raise JobError(f"--num-workers must be >= 0, got {cfg.num_workers}")
     if cfg.max_row_samples < 1:
         raise JobError(f"--max-row-samples must be >= 1, got {cfg.max_row_samples}")
-    if cfg.patience < 0 or cfg.sgd_threads < 1 or cfg.tune_epochs < 0:
-        raise JobError(f"--patience ({cfg.patience}) and --tune-epochs ({cfg.tune_epochs}) must be >= 0, "
-                       f"--sgd-threads ({cfg.sgd_threads}) >= 1")
+    if cfg.patience < 0 or cfg.patience_frac < 0 or cfg.sgd_threads < 1 or cfg.tune_epochs < 0:
+        raise JobError(f"--patience ({cfg.patience}), --patience-frac ({cfg.patience_frac}) and --tune-epochs "
+                       f"({cfg.tune_epochs}) must be >= 0, --sgd-threads ({cfg.sgd_threads}) >= 1")
     _check_ml_flags(cfg)
     if cfg.torch_threads > 0:
         import torch

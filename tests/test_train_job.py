@@ -285,7 +285,7 @@ def test_single_diverging_model_exits_2_with_one_line(tmp_path, capsys, recsys_s
 
 def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, recsys_split):
     recsys_split(tmp_path, with_store=False)
-    out = jt.run(cfg(tmp_path, model="PITF", epochs=200, patience=3, lr=0.2))
+    out = jt.run(cfg(tmp_path, model="PITF", epochs=200, patience=3, patience_frac=0.0, lr=0.2))
     m = load(tmp_path / "models" / "PITF")
     hist, stop = m.meta["metrics"]["history"], m.meta["training"]["early_stopping"]
     best = max(range(len(hist)), key=lambda i: (hist[i]["val_f1@5"], -i))
@@ -337,5 +337,5 @@ def test_saved_calibration_maps_scores_to_probabilities(tmp_path, recsys_split):
 def test_bad_stopping_flags_are_user_errors(tmp_path, recsys_split):
     recsys_split(tmp_path, with_store=False)
     for kw in ({"patience": -1}, {"sgd_threads": 0}, {"tune_epochs": -2}):
-        with pytest.raises(JobError, match="--patience .* --tune-epochs .* --sgd-threads"):
+        with pytest.raises(JobError, match="--patience .* --patience-frac .* --tune-epochs .* --sgd-threads"):
             jt.run(cfg(tmp_path, model="PITF", **kw))

@@ -79,3 +79,20 @@ def test_early_stopping_cap_nan_and_resume():
     assert back.should_stop()  # a model that only diverges runs out of patience
     with pytest.raises(ModelError, match="patience must be >= 1"):
         EarlyStopping(patience=0)
+
+
+def test_patience_grows_with_the_best_epoch():
+    es = EarlyStopping(patience=5, patience_frac=1.0, max_epochs=1000)
+    es.update(40, 0.5)                        # best at epoch 40: wait 40 epochs, not 5
+    for e in range(41, 80):
+        es.update(e, 0.4)
+        assert not es.should_stop()
+    es.update(80, 0.4)
+    assert es.should_stop() and "for 40 epochs; best epoch 40" in es.reason
+    early = EarlyStopping(patience=5, patience_frac=1.0)
+    early.update(2, 0.5)
+    for e in range(3, 8):
+        early.update(e, 0.1)
+    assert early.should_stop()                # best at epoch 2: the fixed patience of 5 rules
+    with pytest.raises(ModelError, match="patience_frac must be >= 0"):
+        EarlyStopping(patience_frac=-1)

@@ -1,0 +1,177 @@
+"""Trained to convergence by default? The pipeline's defaults against hand-set long training.
+
+    python benchmarks/convergence.py [--seeds 0,1,2] [--quick]          # acceptance on a folksonomy
+    python benchmarks/convergence.py --defaults-study                    # batch, row cap, dim of the torch step
+
+Acceptance (per seed): `jobs.pipeline --kind folksonomy` at the sizes of a public
+music-tagging dataset (~1,900 users, ~17,000 items, ~12,000 tags, ~70,000 posts), 10-core on
+users, tags and items, one validation and one test post per user, every other setting the
+pipeline's default (no epochs given: early stopping). Beside it, on the same split:
+PITF hand-set to 100 and 200 epochs without early stopping (the default kernel, and the
+batched torch step as before), and the per-sample reference (Algorithm 1 as a plain loop,
+compiled; d = 64, 100 epochs, lr 0.05, reg 5e-5). Test F1@5 of each, the pipeline's
+evaluation table (baselines, +SN models) and, per seed and on average, whether PITF with the
+defaults reaches the hand-set long training, the reference and user-item-popular + 0.03.
+
+Defaults study: on the synthetic photo archive with synthetic features (200 users, 2,000
+posts), PITF-IC-OD with early stopping for batch size x row cap (`--max-row-samples`) x dim,
+validation and test F1@5 and epochs, so the torch step's defaults are checked once models
+converge. Prints `RATIO` lines (> 1: the default is better).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+SIZES = ["--num-users", "1900", "--num-items", "17000", "--num-tags", "12000", "--num-posts", "70000"]
+QUICK = ["--num-users", "500", "--num-items", "4000", "--num-tags", "3000", "--num-posts", "20000"]
+
+
+def _job(*argv: str) -> None:
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    r = subprocess.run([sys.executable, "-m", *argv], env=env, capture_output=True, text=True)
+    if r.returncode:
+        raise SystemExit(f"{' '.join(argv[:2])} failed ({r.returncode}):\n{r.stderr[-3000:]}")
+
+
+def _test_data(out: Path):
+    from jobs._train_data import _read, load_split
+    from jobs.posts import post_data
+    from models.recsys.data import IdIndex
+
+    d = load_split(out / "split")
+    test, _ = post_data(_read(out / "split", "test"), IdIndex(d.user_ids), IdIndex(d.item_ids), d.tags)
+    return d, test
+
+
+def _hand_set(out: Path, name: str, epochs: int, kernel: str) -> float:
+    """Test F1@5 of `jobs.train --model name --epochs N --patience 0 --bpr-kernel kernel`."""
+    from models.recsys import load
+    from models.recsys.evaluate import evaluate
+
+    run = out / f"hand-{name}-{epochs}-{kernel}"
+    _job("jobs.train", "--out", str(run), "--split", str(out / "split"), "--model", name, "--epochs", str(epochs),
+         "--patience", "0", "--bpr-kernel", kernel, "--torch-threads", "1", "--no-calibrate")
+    _, test = _test_data(out)  # the same split: the model's vocabularies are the split's
+    return evaluate(load(run / "models" / name), test)["f1@5"]
+
+
+def _reference(out: Path, seed: int) -> float:
+    """Algorithm 1, compiled: d 64, 100 epochs, lr 0.05, reg 5e-5; numpy-drawn negatives."""
+    from models.recsys import get_model
+    from models.recsys.bpr import sample_negatives
+    from models.recsys.evaluate import evaluate
+    from models.recsys.sgd import algorithm1
+
+    d, test = _test_data(out)
+    tr = d.train
+    m = get_model("PITF", n_users=len(d.user_ids), n_items=len(d.item_ids), n_tags=len(d.tags), dim=64, seed=seed)
+    params = {k: v.numpy() for k, v in m.params.items()}
+    post, tag = tr.pairs()
+    codes = np.sort(np.repeat(np.arange(len(tr)), np.diff(tr.indptr)) * tr.n_tags + tr.indices)
+    for e in range(100):
+        rng = np.random.default_rng([seed, e])
+        order = rng.permutation(len(post))
+        neg = sample_negatives(post[order], codes, tr.n_tags, rng)
+        algorithm1("PITF", params, tr.user_index, tr.item_index, post[order], tag[order], neg, 0.05, 5e-5,
+                   compiled=True)
+    return evaluate(m, test)["f1@5"]
+
+
+def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
+    rows = []
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="convergence-"))
+    for seed in seeds:
+        out = root / f"seed{seed}"
+        t0 = time.time()
+        _job("jobs.pipeline", "--kind", "folksonomy", *(QUICK if quick else SIZES), "--p-core", "10",
+             "--p-core-items", "--test-per-user", "1", "--seed", str(seed), "--out", str(out))
+        pipeline_s = time.time() - t0
+        ev = json.loads((out / "evaluation.json").read_text())
+        train = json.loads((out / "reports" / "train.summary.json").read_text())["models"]
+        r = {"seed": seed, "test_posts": ev["split"].get("test", {}).get("posts"), "pipeline_s": round(pipeline_s),
+             **{k: ev[k]["f1@5"] for k in ev if isinstance(ev[k], dict) and "f1@5" in ev[k]},
+             "PITF epochs (best)": f"{train['PITF']['epochs']} ({train['PITF']['best_epoch']})"}
+        for epochs in (100, 200):
+            r[f"PITF hand-set {epochs} epochs"] = _hand_set(out, "PITF", epochs, "auto")
+        r["PITF hand-set 100 epochs, torch batched"] = _hand_set(out, "PITF", 100, "torch")
+        r["per-sample reference (Algorithm 1)"] = _reference(out, seed)
+        rows.append(r)
+        print(json.dumps(r), flush=True)
+    keys = [k for k in rows[0] if k not in ("seed",)]
+    print(f"\nover seeds {seeds} (test F1@5 unless named)")
+    for k in keys:
+        vals = [row.get(k) for row in rows]
+        cells = "  ".join(f"{v:.4f}" if isinstance(v, float) else str(v) for v in vals)
+        mean = f"  mean {np.mean(vals):.4f}" if all(isinstance(v, float) for v in vals) else ""
+        print(f"{k:<44} {cells}{mean}")
+    p = np.array([row["PITF"] for row in rows])
+    hand = np.array([max(row["PITF hand-set 100 epochs"], row["PITF hand-set 200 epochs"],
+                         row["PITF hand-set 100 epochs, torch batched"]) for row in rows])
+    ref = np.array([row["per-sample reference (Algorithm 1)"] for row in rows])
+    mix = np.array([row["user-item-popular"] for row in rows])
+    print(f"PITF (defaults) >= best hand-set long training: {list(p >= hand)}; >= reference: {list(p >= ref)}; "
+          f">= user-item-popular + 0.03: {list(p >= mix + 0.03)}")
+    print(f"RATIO pitf_defaults_vs_hand_set_long {p.mean() / hand.mean():.3f}")
+    print(f"RATIO pitf_defaults_vs_algorithm1_reference {p.mean() / ref.mean():.3f}")
+    print(f"RATIO pitf_defaults_vs_user_item_popular {p.mean() / mix.mean():.3f}")
+
+
+def defaults_study(keep: str) -> None:
+    out = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="defaults-"))
+    _job("jobs.synth", "--out", str(out), "--num-users", "200", "--num-posts", "2000", "--num-tags", "60",
+         "--no-images", "--write-features")
+    _job("jobs.prepare", "--out", str(out))
+    from models.recsys import load
+
+    res = {}
+    for batch in (256, 1024, 4096):
+        for cap in (8, 32, 128):
+            for dim in (64, 128):
+                run = out / f"b{batch}-c{cap}-d{dim}"
+                run.mkdir()
+                for sub in ("split", "store"):
+                    (run / sub).symlink_to(out / sub)
+                _job("jobs.train", "--out", str(run), "--model", "PITF-IC-OD", "--batch-size", str(batch),
+                     "--max-row-samples", str(cap), "--dim", str(dim), "--torch-threads", "1", "--no-calibrate")
+                _job("jobs.evaluate", "--out", str(run), "--baselines", "most-popular", "--no-plot")
+                m = load(run / "models" / "PITF-IC-OD")
+                stop = m.meta["training"]["early_stopping"]
+                test = json.loads((run / "evaluation.json").read_text())["PITF-IC-OD"]["f1@5"]
+                res[(batch, cap, dim)] = (m.meta["metrics"]["val"]["f1@5"], test, stop["best_epoch"])
+                print(f"batch {batch:5d} cap {cap:4d} dim {dim:4d}: val F1@5 {res[(batch, cap, dim)][0]:.4f} "
+                      f"test F1@5 {test:.4f} best epoch {stop['best_epoch']} of {stop['epochs_run']}", flush=True)
+    default = res[(1024, 32, 128)]
+    best = max(res, key=lambda k: res[k][0])
+    print(f"best by validation: batch {best[0]} cap {best[1]} dim {best[2]} val {res[best][0]:.4f} test "
+          f"{res[best][1]:.4f}; defaults val {default[0]:.4f} test {default[1]:.4f}")
+    print(f"RATIO pitf_ic_od_default_settings_vs_best_of_grid_test {default[1] / res[best][1]:.3f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (archive and split)")
+    ap.add_argument("--quick", action="store_true", help="a smaller folksonomy")
+    ap.add_argument("--defaults-study", action="store_true", help="the torch step's batch, row cap and dim")
+    ap.add_argument("--keep", default="", help="folder to keep the runs in (default: a temporary one)")
+    a = ap.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if a.defaults_study:
+        defaults_study(a.keep)
+    else:
+        acceptance([int(s) for s in a.seeds.split(",")], a.quick, a.keep)
+
+
+if __name__ == "__main__":
+    main()

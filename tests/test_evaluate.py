@@ -87,3 +87,59 @@ def test_evaluation_outputs_to_an_s3_uri_match_the_local_ones(tmp_path, s3_env, 
                               "r/1/precision_coverage.png"]
     assert json.loads(remote["r/1/evaluation.json"]) == json.loads((out / "evaluation.json").read_text())
     assert remote["r/1/evaluation.md"] == (out / "evaluation.md").read_bytes()
+
+
+def _shared_items_archive(tmp_path, users=40, items=15, per_user=14, seed=0):
+    """Many users tag the same items: each item has two tags of its own, each user one; a ring of
+    friendships (edges.parquet) for friends-popular."""
+    rng = np.random.default_rng(seed)
+    rows, pid = [], 0
+    for u in range(users):
+        for i in rng.choice(items, per_user, replace=False):
+            tags = [f"item{i}a", f"item{i}b"] if rng.random() < 0.9 else [f"item{i}a"]
+            tags += [f"user{u}"] if rng.random() < 0.7 else []
+            rows.append((pid, u, int(i), tags))
+            pid += 1
+    t = pa.table({"post_id": pa.array([r[0] for r in rows], pa.int64()),
+                  "user_id": pa.array([r[1] for r in rows], pa.int64()),
+                  "image": pa.array([f"i{r[2]}.jpg" for r in rows]),
+                  "tags": pa.array([r[3] for r in rows], pa.list_(pa.string())),
+                  "item_id": pa.array([r[2] for r in rows], pa.int64())})
+    pq.write_table(t, tmp_path / "posts.parquet")
+    src = np.arange(users)
+    pq.write_table(pa.table({"src": pa.array(src, pa.int64()), "dst": pa.array((src + 1) % users, pa.int64())}),
+                   tmp_path / "edges.parquet")
+    return tmp_path / "posts.parquet", tmp_path / "edges.parquet"
+
+
+def test_item_baselines_mix_weight_and_backfill_report(tmp_path, caplog):
+    posts, edges = _shared_items_archive(tmp_path)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out), test_per_user=2))
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--edges", str(edges)]) == 0
+    ev = json.loads((out / "evaluation.json").read_text())
+    f1 = {k: ev[k]["f1@3"] for k in ("most-popular", "user-popular", "item-popular", "user-item-popular",
+                                    "friends-popular")}
+    assert f1["item-popular"] > f1["user-popular"] + 0.15 and f1["user-item-popular"] >= f1["item-popular"], f1
+    mix = ev["baselines"]["user-item-popular"]
+    assert 0 < mix["alpha"] < 1 and len(mix["val_f1@5_by_alpha"]) == 11
+    rep = ev["backfill"]["user-item-popular"]
+    assert rep["source"] == "fitted on the validation split here" and set(rep["targets"]) == {"0.5", "0.7", "0.9"}
+    kept = rep["targets"]["0.5"]
+    assert kept["tags_written"] > 0 and kept["target_kept"] in ("yes", "within noise"), kept
+    md = (out / "evaluation.md").read_text()
+    assert "## Backfill at a precision target" in md and "| item-popular |" in md
+    assert (out / "precision_coverage.png").stat().st_size > 1000
+    # without a social graph friends-popular is left out, and the log says why
+    caplog.set_level("INFO", logger="jobs.evaluate")
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--edges", str(tmp_path / "none")]) == 0
+    assert "friends-popular" not in json.loads((out / "evaluation.json").read_text())
+    assert "leaving out friends-popular: no social graph" in caplog.text
+
+
+def test_bad_precision_targets_are_a_user_error(tmp_path, capsys):
+    posts, _ = _shared_items_archive(tmp_path, users=8)
+    out = tmp_path / "run"
+    prepare(PrepareConfig(posts=str(posts), out=str(out)))
+    assert run_job("evaluate", EvaluateConfig, evaluate, ["--out", str(out), "--precision-targets", "0.5,1.5"]) == 2
+    assert "--precision-targets must lie in (0, 1]" in capsys.readouterr().err

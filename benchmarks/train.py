@@ -173,14 +173,22 @@ def sgd_section(quick: bool) -> tuple[list[tuple[str, float]], dict[str, float]]
         rates[f"sgd{threads}"] = epochs * len(post) / (time.perf_counter() - t0)
         f1[f"sgd{threads}"] = evaluate(m, test)["f1@5"]
         tr.close()
+    m = fresh()
+    torch_tr = BPRTrainer.for_partition(m, train, BPRConfig(lr=lr, reg=reg, seed=0, kernel="torch"))
+    t0 = time.perf_counter()
+    for e in range(epochs):
+        torch_tr.run_epoch(e)
+    rates["torch"] = epochs * len(post) / (time.perf_counter() - t0)
+    f1["torch"] = evaluate(m, test)["f1@5"]
     print(f"per-sample SGD: PITF dim {dim}, {epochs} epochs, lr {lr}, reg {reg}; {len(train):,} train posts, "
           f"{len(post):,} pairs/epoch, {sz['users']:,} users, {sz['items']:,} items, {sz['tags']:,} tags; "
           f"{len(test):,} test posts")
     rows = [("cpu per-sample: Algorithm 1 loop, numba (reference)", rates["reference"]),
             ("cpu per-sample: SGDTrainer, 1 thread", rates["sgd1"]),
-            ("cpu per-sample: SGDTrainer, Hogwild 2 threads", rates["sgd2"])]
+            ("cpu per-sample: SGDTrainer, Hogwild 2 threads", rates["sgd2"]),
+            ("cpu batched torch step (BPRTrainer, batch 1024), 1 thread", rates["torch"])]
     print(f"{'what':<62} {'samples/s':>14} {'test F1@5':>10}")
-    for (name, rate), key in zip(rows, ("reference", "sgd1", "sgd2")):
+    for (name, rate), key in zip(rows, ("reference", "sgd1", "sgd2", "torch")):
         print(f"{name:<62} {rate:>14,.0f} {f1[key]:>10.4f}")
     return rows, {**{f"rate_{k}": v for k, v in rates.items()}, **{f"f1_{k}": v for k, v in f1.items()}}
 
@@ -191,6 +199,7 @@ def main() -> None:
     ap.add_argument("--skip-ray", action="store_true", help="kernel and single-process loop only")
     ap.add_argument("--only-sgd", action="store_true", help="only the per-sample SGD section")
     a = ap.parse_args()
+    torch.set_num_threads(1)  # the single-process loop gets one core, like each Ray worker
     if a.only_sgd:
         _, r = sgd_section(a.quick)
         print_sgd_ratios(r)
@@ -255,6 +264,7 @@ def print_sgd_ratios(r: dict[str, float]) -> None:
     print(f"RATIO sgd_hogwild_2_vs_algorithm1_loop {r['rate_sgd2'] / r['rate_reference']:.3f}")
     print(f"RATIO sgd_1_thread_f1_vs_algorithm1_loop {r['f1_sgd1'] / r['f1_reference']:.3f}")
     print(f"RATIO sgd_hogwild_2_f1_vs_algorithm1_loop {r['f1_sgd2'] / r['f1_reference']:.3f}")
+    print(f"RATIO sgd_1_thread_vs_torch_batched_step {r['rate_sgd1'] / r['rate_torch']:.3f}")
 
 
 if __name__ == "__main__":

@@ -95,8 +95,11 @@ def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
     for seed in seeds:
         out = root / f"seed{seed}"
         t0 = time.time()
+        # One torch thread (the +SN models' batched step): on a shared 2-core machine torch's
+        # default threads spin against the other work; it changes speed, not what is learned.
         _job("jobs.pipeline", "--kind", "folksonomy", *(QUICK if quick else SIZES), "--p-core", "10",
-             "--p-core-items", "--test-per-user", "1", "--seed", str(seed), "--out", str(out))
+             "--p-core-items", "--test-per-user", "1", "--seed", str(seed), "--out", str(out),
+             "--torch-threads", "1")
         pipeline_s = time.time() - t0
         ev = json.loads((out / "evaluation.json").read_text())
         train = json.loads((out / "reports" / "train.summary.json").read_text())["models"]

@@ -112,3 +112,19 @@ def test_target_verdicts_tell_a_miss_from_noise():
     assert rep["0.99"]["target_kept"] == "nothing written"
     many = precision_coverage(np.full((1000, 1), 0.9), np.arange(1000)[:, None] % 2 == 0, targets=(0.9,))
     assert many["0.9"]["target_kept"] == "no"            # 0.5 on 1000 tags is a miss
+
+
+def test_light_blocks_merge_so_a_few_lucky_top_scores_do_not_claim_certainty():
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(0, 1, 2000), 5 + rng.random(5)])      # five extreme scores ...
+    y = np.concatenate([(rng.random(2000) < 1 / (1 + np.exp(-x[:2000]))).astype(float), np.ones(5)])  # ... all hits
+    assert isotonic_predict(isotonic_fit(x, y), [5.5])[0] == 1.0           # plain PAV: certainty from 5 samples
+    fit = isotonic_fit(x, y, min_weight=50)
+    assert isotonic_predict(fit, [5.5])[0] < 0.99
+    # every block now holds >= 50 samples and the fit is still non-decreasing
+    xs = np.sort(x)
+    blocks = np.unique(isotonic_predict(fit, xs))
+    assert all((isotonic_predict(fit, xs) == b).sum() >= 50 for b in blocks)
+    assert np.all(np.diff(isotonic_predict(fit, np.linspace(-4, 6, 300))) >= 0)
+    one = isotonic_fit(x[:30], y[:30], min_weight=50)                      # fewer samples than a block
+    assert np.allclose(isotonic_predict(one, x[:30]), y[:30].mean())

@@ -33,7 +33,9 @@ from models.metrics import metrics_at_k
 
 BASELINES = ("most-popular", "user-popular", "item-popular", "user-item-popular")
 SOCIAL_BASELINES = ("friends-popular",)  # need the social graph
-ALPHA_GRID = tuple(np.round(np.linspace(0.0, 1.0, 11), 2))
+# Weights tried for the mix: its ends (0: item-popular, 1: user-popular) are baselines of their
+# own, and leaving them out keeps the mix a mix where one side carries no signal (unique items).
+ALPHA_GRID = tuple(np.round(np.linspace(0.1, 0.9, 9), 2))
 Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # (query row, tag, score) per candidate
 CANDIDATES_PER_CHUNK = 1 << 22  # candidate (post, tag) pairs held at once by scores_topk
 

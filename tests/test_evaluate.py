@@ -122,7 +122,7 @@ def test_item_baselines_mix_weight_and_backfill_report(tmp_path, caplog):
                                     "friends-popular")}
     assert f1["item-popular"] > f1["user-popular"] + 0.15 and f1["user-item-popular"] >= f1["item-popular"], f1
     mix = ev["baselines"]["user-item-popular"]
-    assert 0 < mix["alpha"] < 1 and len(mix["val_f1@5_by_alpha"]) == 11
+    assert 0 < mix["alpha"] < 1 and len(mix["val_f1@5_by_alpha"]) == 9
     rep = ev["backfill"]["user-item-popular"]
     assert rep["source"] == "fitted on the validation split here" and set(rep["targets"]) == {"0.5", "0.7", "0.9"}
     kept = rep["targets"]["0.5"]

@@ -357,9 +357,12 @@ def blogcatalog(args, tune: bool) -> None:
             for name, kw in (("tune-labels", dict(tune=True, labels=str(labels))), ("tune-link", dict(tune=True))):
                 summary, t = run_job(args, tmp, name, **kw)
                 res[name] = (score_view(tmp / f"store-{name}", "user/node2vec@1", labels, args), t)
-                chosen = summary["tune"]["chosen"]
+                tuned = summary["tune"]
+                chosen = tuned["chosen"]
                 print(f"  BlogCatalog job --{name.replace('-', ' --')}: chose p={chosen['p']} q={chosen['q']}, "
-                      f"{res[name][0]}, {t:.1f}s, load {load()}")
+                      f"{res[name][0]}, {t:.1f}s ({tuned['seconds']:.1f}s searching, {tuned['walks_per_node']} "
+                      f"walks per node per point), load {load()}")
+                print("    grid: " + ", ".join(f"({pt['p']:g},{pt['q']:g}) {pt['score']:.4f}" for pt in tuned["points"]))
                 res[name][0]["chosen"] = f"p={chosen['p']} q={chosen['q']}"
         for name, (s, t) in res.items():
             what = {"numba": "job (numba)", "gensim": "job --sg-trainer gensim (same walks)",

@@ -80,7 +80,7 @@ def tune_settings(cfg: Any) -> TuneSettings:
     """TuneSettings from the job's flags (EmbedUsersConfig)."""
     return TuneSettings(p_grid=tuple(cfg.p_grid), q_grid=tuple(cfg.q_grid), walk_length=cfg.walk_length,
                         walks_per_node=cfg.walks_per_node, budget=cfg.tune_budget, max_nodes=cfg.tune_max_nodes,
-                        seed=cfg.seed, threads=cfg.sg_workers)
+                        finalists=cfg.tune_finalists, seed=cfg.seed, threads=cfg.sg_workers)
 
 
 def check_tune_config(cfg: Any) -> None:
@@ -91,6 +91,8 @@ def check_tune_config(cfg: Any) -> None:
         raise JobError(f"--tune-budget must be > 0 (full embeddings the search may cost), got {cfg.tune_budget}")
     if cfg.tune_max_nodes < 2:
         raise JobError(f"--tune-max-nodes must be >= 2, got {cfg.tune_max_nodes}")
+    if cfg.tune_finalists < 0:
+        raise JobError(f"--tune-finalists must be >= 0, got {cfg.tune_finalists}")
     try:
         tune_settings(cfg).check()
     except ModelError as e:
@@ -103,7 +105,7 @@ def tune_request(cfg: Any) -> dict[str, Any]:
     """What a tuned view was asked for: equal requests give the same view (a re-run is a no-op)."""
     s = tune_settings(cfg)
     req: dict[str, Any] = {"p_grid": [float(v) for v in s.p_grid], "q_grid": [float(v) for v in s.q_grid],
-                           "budget": s.budget, "max_nodes": s.max_nodes}
+                           "budget": s.budget, "max_nodes": s.max_nodes, "finalists": s.finalists}
     if cfg.labels:
         req["labels_sha256"] = file_digest(Path(cfg.labels))
         req["label_column"] = cfg.label_column
@@ -113,11 +115,13 @@ def tune_request(cfg: Any) -> dict[str, Any]:
 def run_tune(cfg: Any, graph: Graph, sg: SkipGramConfig, y: np.ndarray | None) -> TuneResult:
     """The grid search (y: label matrix from read_labels, or None), a progress line per grid point."""
     settings = tune_settings(cfg)
-    prog = Progress("embed_users tune", total=len(settings.p_grid) * len(settings.q_grid), unit="points",
+    points = len(settings.p_grid) * len(settings.q_grid)
+    prog = Progress("embed_users tune", total=points + min(settings.finalists, points), unit="runs",
                     every_s=30.0)
 
     def on_point(point: dict[str, Any]) -> None:
-        log.info("tune p=%g q=%g: score %.4f (%.1fs)", point["p"], point["q"], point["score"], point["seconds"])
+        log.info("tune p=%g q=%g%s: score %.4f (%.1fs)", point["p"], point["q"],
+                 " (finalist, every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
         prog.update(1)
 
     result = tune(graph, settings, sg, y=y, on_point=on_point)

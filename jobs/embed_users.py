@@ -85,10 +85,12 @@ class EmbedUsersConfig(ArchiveArgs, RayArgs):
     labels: str = arg("", "--tune: Parquet of (user_id, label) rows, several per user allowed; scores each "
                           "grid point by Macro-F1 of one-vs-rest logistic regression on held-out users")
     label_column: str = arg("label", "--labels: name of the label column (integer or string)")
-    tune_budget: float = arg(10.0, "--tune: the search costs about this many full embeddings (grid points "
-                                   "train on fewer walks per node)")
+    tune_budget: float = arg(12.0, "--tune: the search costs about this many full embeddings (grid points "
+                                   "train on fewer walks per node, then the finalists on all)")
     tune_max_nodes: int = arg(100_000, "--tune: larger graphs are tuned on a breadth-first sample of this "
                                        "many users")
+    tune_finalists: int = arg(2, "--tune: the best grid points trained again on every walk before choosing "
+                                 "(part of the budget; 0: choose from the short runs)")
 
 
 def check_config(cfg: EmbedUsersConfig) -> None:

@@ -184,7 +184,7 @@ def community_labels(tmp_path, extra=()):
     return write_labels(tmp_path, u, lab)
 
 
-TUNE = dict(tune=True, p_grid=[0.5, 2.0], q_grid=[0.5, 2.0], tune_budget=2.0)
+TUNE = dict(tune=True, p_grid=[0.5, 2.0], q_grid=[0.5, 2.0], tune_budget=4.0)   # 4 points x 4 of 8 walks + 2 x 8
 
 
 def test_tune_by_link_prediction_records_grid_and_choice(tmp_path, ray_local):
@@ -193,9 +193,12 @@ def test_tune_by_link_prediction_records_grid_and_choice(tmp_path, ray_local):
     tune = res["tune"]
     assert "link prediction" in tune["scoring"] and tune["p_grid"] == [0.5, 2.0] and tune["q_grid"] == [0.5, 2.0]
     assert [(pt["p"], pt["q"]) for pt in tune["points"]] == [(0.5, 0.5), (0.5, 2.0), (2.0, 0.5), (2.0, 2.0)]
-    best = max(tune["points"], key=lambda pt: pt["score"])
+    assert tune["walks_per_node"] == 4
+    top = sorted(tune["points"], key=lambda pt: -pt["score"])[:2]   # the finalists, trained on every walk
+    assert {(f["p"], f["q"]) for f in tune["finalists"]} == {(t["p"], t["q"]) for t in top}
+    best = max(tune["finalists"], key=lambda pt: pt["score"])
     assert tune["chosen"] == {"p": best["p"], "q": best["q"]} == {"p": res["p"], "q": res["q"]}
-    assert all(0.5 < pt["auc"] <= 1 for pt in tune["points"])
+    assert all(0.5 < pt["auc"] <= 1 for pt in tune["points"] + tune["finalists"])
     info, _, found = read_view(cfg, 100 + np.arange(N_COMM * SIZE))
     assert found.all() and (info.producer["p"], info.producer["q"]) == (res["p"], res["q"])
     assert info.producer["tune"]["points"] == tune["points"]          # the view's metadata holds the search
@@ -215,7 +218,7 @@ def test_tune_by_labels_scores_macro_f1(tmp_path, ray_local):
     assert tune["labelled_users_not_in_graph"] == 2 and tune["labels"] == N_COMM + 1
     assert all(0 < pt["macro_f1"] <= 1 and "micro_f1" in pt for pt in tune["points"])
     assert max(pt["macro_f1"] for pt in tune["points"]) > 0.6        # communities are learnable
-    best = max(tune["points"], key=lambda pt: pt["score"])
+    best = max(tune["finalists"], key=lambda pt: pt["score"])
     assert (res["p"], res["q"]) == (best["p"], best["q"])
     # --label-column names another column
     other = tmp_path / "groups.parquet"
@@ -234,6 +237,7 @@ def test_tune_by_labels_scores_macro_f1(tmp_path, ray_local):
     ("p_grid", [2.0, 2.0], "--p-grid lists a value twice"),
     ("tune_budget", 0.0, "--tune-budget must be > 0"),
     ("tune_max_nodes", 1, "--tune-max-nodes must be >= 2"),
+    ("tune_finalists", -1, "--tune-finalists must be >= 0"),
 ])
 def test_bad_tune_parameters(tmp_path, field, value, msg):
     cfg = dataclasses.replace(planted_archive(tmp_path), tune=True, **{field: value})

@@ -112,9 +112,12 @@ def test_bfs_sample_and_induced_subgraph():
 
 
 def test_tune_walks_keep_the_budget():
-    s = TuneSettings(walks_per_node=10, budget=10)      # 25 points
+    s = TuneSettings(walks_per_node=10, budget=10, finalists=0)      # 25 points
     assert tune_walks(s, 10_000, 10_000) == 4           # 25 x 4 walks = 10 runs of 10 walks
-    assert tune_walks(s, 10**6, 10**5) == 10            # sampled: never more than the full run
+    s2 = TuneSettings(walks_per_node=10, budget=12, finalists=2)     # the defaults
+    assert s2 == TuneSettings()
+    assert tune_walks(s2, 10_000, 10_000) == 4          # 25 x 4 walks + 2 full runs = 12 runs
+    assert tune_walks(s2, 10**6, 10**5) == 10           # sampled: never more than the full run
     assert tune_walks(TuneSettings(budget=0.5), 100, 100) == 1
 
 
@@ -145,7 +148,7 @@ SG = SkipGramConfig(dim=32, window=5, workers=1)
 def test_labels_find_the_planted_q(seed):
     g, y = cliques(seed)
     s = TuneSettings(p_grid=(1.0,), q_grid=(0.25, 4.0), walk_length=40, walks_per_node=10, budget=2, seed=seed,
-                     threads=1, train_frac=0.2)           # two labelled nodes per community to learn from
+                     threads=1, train_frac=0.2, finalists=0)   # two labelled nodes per community to learn from
     res = tune(g, s, SG, y=y)
     by_q = {pt["q"]: pt["macro_f1"] for pt in res.points}
     assert (res.p, res.q) == (1.0, 4.0)
@@ -156,7 +159,7 @@ def test_link_scoring_records_every_point_and_picks_the_best():
     g, _ = cliques(0, across=3.0)
     seen = []
     s = TuneSettings(p_grid=(0.5, 2.0), q_grid=(0.5, 1.0, 2.0), walk_length=20, walks_per_node=4, budget=3,
-                     seed=0, threads=1)
+                     seed=0, threads=1, finalists=0)
     res = tune(g, s, SG, on_point=seen.append)
     rec = res.record()
     assert [(pt["p"], pt["q"]) for pt in rec["points"]] == [(p, q) for p in (0.5, 2.0) for q in (0.5, 1.0, 2.0)]
@@ -167,6 +170,21 @@ def test_link_scoring_records_every_point_and_picks_the_best():
     assert res.q == 2.0     # short walks that stay in their clique predict its held-out edges best
     assert rec["walks_per_node"] == tune_walks(s, 500, 500) == 2
     assert rec["p_grid"] == [0.5, 2.0] and rec["sample"]["nodes"] == 500
+
+
+def test_finalists_are_the_best_points_trained_on_every_walk():
+    g, y = cliques(0)
+    seen = []
+    s = TuneSettings(p_grid=(0.5, 1.0, 2.0), q_grid=(0.25, 4.0), walk_length=20, walks_per_node=6, budget=3,
+                     seed=0, threads=1, finalists=2)
+    res = tune(g, s, SG, y=y, on_point=seen.append)
+    assert res.walks_per_node == 1                     # (3 - 2 full runs) * 6 walks / 6 points
+    top = sorted(res.points, key=lambda pt: -pt["score"])[:2]
+    assert {(f["p"], f["q"]) for f in res.finalists} == {(t["p"], t["q"]) for t in top}
+    best = max(res.finalists, key=lambda f: f["score"])
+    assert (res.p, res.q) == (best["p"], best["q"])
+    assert [pt for pt in seen if pt.get("finalist")] == [{**f, "finalist": True} for f in res.finalists]
+    assert res.record()["finalists"] == res.finalists
 
 
 def test_large_graphs_are_tuned_on_a_sample():

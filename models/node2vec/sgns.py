@@ -1,38 +1,44 @@
 """Skip-gram with negative sampling in numba, straight from the int32 walk arrays.
 
-The algorithm is word2vec's skip-gram (Mikolov et al. 2013, word2vec.c; gensim's
+The algorithm is word2vec's skip-gram (Mikolov et al. 2013; word2vec.c, gensim's
 `w2v_fast_sentence_sg_neg`): for every centre node and every context node in its reduced
-window, the context's input row is trained against the centre's output row (label 1)
-and `negative` output rows drawn afresh for that pair from the count^0.75 noise
-distribution (label 0). Down-sampling is gensim's rule (`sample`), the window of each
-centre is drawn uniformly from 1..window, the learning rate falls linearly from `alpha`
-to `min_alpha` over the whole run in steps every 10,000 tokens (word2vec.c and gensim
-both step; on small graphs a smooth decay trains measurably less), input vectors start
-uniform(-1, 1) / dim as in gensim 4, output vectors at zero. Threads run Hogwild
+window, the context's input row is trained against the centre's output row (label 1) and
+`negative` noise output rows (label 0), one pair after the other, each update seeing the
+rows as the previous pairs left them. Down-sampling is gensim's rule (`sample`), each
+centre's window is drawn uniformly from 1..window, the learning rate falls linearly from
+`alpha` to `min_alpha` over the whole run in steps every 10,000 tokens (word2vec.c and
+gensim both step; on small graphs a smooth decay trains measurably less), input vectors
+start uniform(-1, 1) / dim as in gensim 4, output vectors at zero. Threads run Hogwild
 (lock-free, as word2vec and gensim do), each on every `threads`-th walk; with one thread
 training is deterministic. Randomness per walk is keyed by (seed, epoch, walk position),
 splitmix64 as in the walk kernel.
 
-What makes it faster than gensim with the same per-pair statistics is the memory
-traffic, not the arithmetic (the arithmetic is the same):
+Noise rows come from the count^0.75 distribution, drawn either afresh for every
+(centre, context) pair, as word2vec does (`shared=False`), or once per centre node for
+all the pairs of its window (`shared=True`, the pWord2Vec draw of Ji et al. 2016). Shared
+draws make a window touch `negative + 1` output rows that stay in L1 instead of
+`negative` fresh random rows per pair, and, with the sequential updates above, they embed
+as well as word2vec's draws. What does cost quality is taking every gradient of a window
+from the rows as they were before it and applying them together (one batched update per
+centre): on community graphs that overfits long runs (tests/test_node2vec_quality.py
+keeps a kernel that does it, to show the gensim comparison catches it). The measurements
+are in benchmarks/results/node2vec.md.
 
-* each walk's windows and negatives are drawn before it is trained on, so the output
-  rows of the pairs a few steps ahead are prefetched while this pair computes: the
-  ~55 random row reads per token (5 negatives x ~11 context nodes) overlap instead
-  of waiting for DRAM one by one;
-* rows are renumbered by descending count (gensim's vocabulary order), so the rows
-  most often drawn as negatives sit together in memory, and a noise draw needs no
-  table look-up at all: nodes with equal counts have equal noise weight, so a draw is
-  an alias draw over the distinct counts (a few thousand at most, cache resident)
-  and a uniform pick inside that count's contiguous range of rows. The distribution
-  is exactly count^0.75, with 32-bit resolution;
+What makes it faster than gensim with the same updates is memory traffic and the scalar
+work around each row update:
+
+* each walk's windows and noise rows are drawn before it is trained on, so the output
+  rows of a pair a few pairs ahead are prefetched while this pair computes;
+* rows are renumbered by descending count (gensim's vocabulary order), so the rows drawn
+  most often as noise sit together in memory, and a noise draw needs no table look-up
+  in main memory: nodes with equal counts have equal noise weight, so a draw is an alias
+  draw over the distinct counts (a small, cache-resident table) and a uniform pick
+  inside that count's contiguous range of rows; exactly count^0.75 at 32-bit resolution;
+* the logistic function is interpolated in a table instead of calling exp, the learning
+  rate stays float32 so the update loops stay float32 vectors, and per (pair, output row)
+  the dot product and both updates take two passes over the row;
 * the two (nodes x dim) tables live in transparent huge pages
-  (`host_memory.huge_page_zeros`), so random rows do not each cost a TLB miss;
-* per (pair, output row) the dot product and both updates are two passes over the
-  row, vectorised by LLVM.
-
-Speeds and the quality comparisons against gensim on the same walks are in
-benchmarks/results/node2vec.md.
+  (`host_memory.huge_page_zeros`), so random rows do not each cost a TLB miss.
 """
 
 from __future__ import annotations
@@ -176,8 +182,8 @@ def _draw(state, cut, alias, start, size):
 
 @numba.njit(cache=True, fastmath=True, inline="always")
 def _sigmoid(f):
-    """1 / (1 + exp(-f)), linear between table points 1/256 apart (within 3e-7; a call to exp
-    is most of the cost of a row update's scalar part)."""
+    """1 / (1 + exp(-f)), linear between table points 1/256 apart (tests/test_node2vec_sgns.py
+    bounds the error); cheaper than a call to exp, the bulk of a row update's scalar work."""
     x = (f + np.float32(SIGMOID_MAX)) * np.float32(SIGMOID_SCALE)
     i = min(max(int(x), 0), SIGMOID_BINS)     # clamped as an integer: in range whatever f is
     t = min(max(x - np.float32(i), np.float32(0.0)), np.float32(1.0))

@@ -47,7 +47,7 @@ VIEW = "user/node2vec@1"
 WRITE_BATCH = 65_536
 SHARD_BYTES = 64 * 1024**2  # cap on one walk task's output (see run_walks)
 WALKS_PREFIX = ".walks-"    # + "<pid>-<random>" under <out>/tmp (jobs/_spill.py)
-SKIPGRAM = {"numba": "numba SGNS, word2vec's sequential per-pair updates",   # the view's producer
+SKIPGRAM = {"numba": "numba SGNS, sequential per-pair updates as word2vec",   # the view's producer
             "gensim": "gensim Word2Vec sg=1 negative sampling"}
 
 
@@ -251,34 +251,32 @@ def write_vectors(cfg: EmbedUsersConfig, graph: Graph, vecs: np.ndarray, prod: d
                 w.put(graph.node_ids[lo:lo + WRITE_BATCH], vecs[lo:lo + WRITE_BATCH].astype(cfg.dtype))
 
 
-def already_done(cfg: EmbedUsersConfig, prod: dict[str, Any], n: int) -> dict[str, Any] | None:
-    """The stored producer when the view holds this exact run (every row): a re-run is a no-op.
+def stored_run(cfg: EmbedUsersConfig, prod: dict[str, Any], n: int) -> tuple[dict[str, Any] | None, bool]:
+    """(the view's producer when it holds this run, whether every row is written).
 
-    With --tune, "this run" is the same request (grid, labels, budget, other parameters);
-    the p, q it chose are read back. A view made by other parameters is an error (its
-    metadata would lie about the vectors); a partial view from a killed run with the same
-    parameters is rewritten (and re-tuned).
+    Every row written: a re-run is a no-op. With --tune, "this run" is the same request
+    (grid, labels, budget and every other parameter): the p, q it chose are read back, and
+    a partial view from a killed run is finished with the same choice, not tuned again. A
+    view made by other parameters is an error (its metadata would lie about the vectors).
     """
     from featurestore import Store
 
     if not cfg.store_path().exists():
-        return None
+        return None, False
     with Store.open(str(cfg.store_path()), create=False) as store:
         if cfg.view not in store.list_views():
-            return None
+            return None, False
         info = store.describe(cfg.view)
-    if cfg.tune:
-        old = {k: v for k, v in info.producer.items() if k not in _TUNE_OUTCOME}
-        same = (old == {k: v for k, v in prod.items() if k not in _TUNE_OUTCOME}
-                and info.producer.get("tune", {}).get("request") == prod["tune"]["request"])
-    else:
-        same = info.producer == prod
-    if not same or info.dim != cfg.dim or info.dtype != cfg.dtype:
+    old, new = dict(info.producer), prod
+    if cfg.tune:   # compare the request, not what it decided
+        old, new = ({**{k: v for k, v in d.items() if k not in _TUNE_OUTCOME},
+                     "tune request": d.get("tune", {}).get("request")} for d in (old, new))
+    if old != new or info.dim != cfg.dim or info.dtype != cfg.dtype:
         base = cfg.view.rsplit("@", 1)[0]
         raise JobError(f"view {cfg.view} in {cfg.store_path()} was made with other parameters "
-                       f"({_diff(info.producer, prod)}); write a new version (--view {base}@<n+1>) "
+                       f"({_diff(old, new)}); write a new version (--view {base}@<n+1>) "
                        f"or drop the old view")
-    return dict(info.producer) if info.count == n else None
+    return dict(info.producer), info.count == n
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -304,17 +302,20 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     request = {"request": tune_request(cfg)} if cfg.tune else None
     summary: dict[str, Any] = {"view": cfg.view, "users_with_posts": int(users.size), "nodes": graph.n_nodes,
                                "arcs": graph.n_edges, **info}
-    stored = already_done(cfg, producer(cfg, graph, request), graph.n_nodes)
-    if stored is not None:
+    stored, complete = stored_run(cfg, producer(cfg, graph, request), graph.n_nodes)
+    if complete:
         log.info("%s already holds this run (same producer, %d rows); nothing to do", cfg.view, graph.n_nodes)
-        return {**summary, "skipped": True, **({"tune": stored["tune"]} if cfg.tune else {})}
+        return {**summary, "skipped": True, **({"tune": stored["tune"]} if stored and cfg.tune else {})}
     sg = skipgram_config(cfg)
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch INFO lines drown the job's
     tuned = None
-    if cfg.tune:
-        result = run_tune(cfg, graph, sg, y)
-        tuned = {**result.record(), **(request or {}), **label_report}
-        cfg = dataclasses.replace(cfg, p=result.p, q=result.q)
+    if cfg.tune and stored is not None:   # a killed run chose already: finish with its choice
+        tuned = stored["tune"]
+        log.info("%s: resuming with the p, q a previous run chose", cfg.view)
+    elif cfg.tune:
+        tuned = {**run_tune(cfg, graph, sg, y).record(), **(request or {}), **label_report}
+    if tuned is not None:
+        cfg = dataclasses.replace(cfg, p=tuned["chosen"]["p"], q=tuned["chosen"]["q"])
     prod = producer(cfg, graph, tuned)
     from jobs._ray import init_ray
 

@@ -286,3 +286,24 @@ def test_cli_exit_code_for_bad_grid(tmp_path, capsys):
     argv = ["--posts", cfg.posts, "--edges", cfg.edges, "--out", cfg.out, "--tune", "--p-grid", "0.5,-1"]
     assert run_job("embed_users", EmbedUsersConfig, run, argv) == 2
     assert "--p-grid must be a non-empty list of finite numbers > 0, got [0.5, -1.0]" in capsys.readouterr().err
+
+
+def test_killed_tune_run_is_finished_with_its_choice(tmp_path, ray_local):
+    # A run killed after tuning leaves a partial view whose metadata holds the choice; the
+    # re-run finishes it with that choice instead of searching again.
+    from featurestore import Store
+    from jobs._embed_tune import tune_request
+    from jobs.embed_users import producer, read_graph, read_users
+
+    cfg = dataclasses.replace(planted_archive(tmp_path), **TUNE)
+    graph, _ = read_graph(cfg, read_users(cfg))
+    chosen = {"chosen": {"p": 2.0, "q": 0.5}, "points": [], "finalists": [], "request": tune_request(cfg)}
+    prod = producer(dataclasses.replace(cfg, p=2.0, q=0.5), graph, chosen)
+    with Store.open(cfg.store, create=True) as store:
+        store.create_view(cfg.view, dim=cfg.dim, dtype=cfg.dtype, producer=prod)
+        with store.writer(cfg.view) as w:
+            w.put(graph.node_ids[:5], np.ones((5, cfg.dim), np.float16))
+    res = run(cfg)
+    assert res["skipped"] is False and (res["p"], res["q"]) == (2.0, 0.5) and res["tune"] == chosen
+    info, vecs, found = read_view(cfg, graph.node_ids)
+    assert found.all() and info.producer == prod and not np.all(vecs[:5] == 1)

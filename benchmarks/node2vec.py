@@ -11,8 +11,9 @@ Sections (`--only speed,planted,blogcatalog,tune`; all by default):
 * speed: one power-law graph with planted communities (10% of edges held out), the same
   walks for every skip-gram: walk steps/s (ours, csrgraph's biased walks, PecanPy
   SparseOTF), skip-gram walk tokens/s of our numba trainer (noise drawn per window: the
-  default; per pair: word2vec's draws) against gensim on the same walks, end to end
-  against PecanPy, and link-prediction AUC of each;
+  default; per pair: word2vec's draws) against gensim on the same walks (fed as an
+  iterable, as PecanPy and our job do, and from a corpus file, which gensim reads in C++
+  without the GIL), end to end against PecanPy, and link-prediction AUC of each;
 * planted: planted-partition graphs at the job's defaults (p = q = 1, 10 walks of 80,
   d 128, window 10, 1 epoch; 10% of edges held out): held-out link AUC and 10-NN
   same-community rate of our trainer (both draw schemes), gensim on our walks and
@@ -157,8 +158,8 @@ def run_pecanpy(args, g, p: float, q: float, walks: int, length: int, warm: bool
 
 
 def sg_config(args, **kw) -> SkipGramConfig:
-    return SkipGramConfig(dim=args.dim, window=args.window, epochs=args.epochs, workers=args.workers,
-                          seed=args.seed, **kw)
+    base = dict(dim=args.dim, window=args.window, epochs=args.epochs, workers=args.workers, seed=args.seed)
+    return SkipGramConfig(**{**base, **kw})
 
 
 # --------------------------------------------------------------------------- speed
@@ -207,30 +208,37 @@ def speed(args) -> None:
         train_skipgram([random_walks(tiny, 3, 1, args.p, args.q)], tiny.n_nodes, sg_config(args, negatives=neg))
     walks, t_walk = time_it(random_walks, g, args.length, args.walks, args.p, args.q, args.seed, threads=args.workers)
     sps = walks.size / t_walk
-    if args.sg_tokens and walks.size > args.sg_tokens:   # rates on a prefix of the walks (all nodes' rows)
+    prefix = bool(args.sg_tokens and walks.size > args.sg_tokens)
+    if prefix:   # rates on a prefix of the walks (tables of every node); not every node trained: no AUC
         walks = walks[: max(1, args.sg_tokens // args.length)]
     tokens = int((walks >= 0).sum())
     row("ours: walks (numba kernel)", f"{sps / 1e6:.2f} M steps/s", t_walk)
     rate, auc = {}, {}
-    for name, cfg in (("numba", sg_config(args)), ("numba-pair", sg_config(args, negatives="pair")),
-                      ("gensim", sg_config(args, trainer="gensim"))):
+    contenders = [("numba", sg_config(args)), ("numba-pair", sg_config(args, negatives="pair"))]
+    contenders += [(f"gensim-{c}", sg_config(args, trainer="gensim", corpus=c)) for c in args.gensim_corpus.split(",")]
+    for name, cfg in contenders:
         vecs, t = time_it(train_skipgram, [walks], g.n_nodes, cfg)
         rate[name] = tokens / t
         auc[name] = link_prediction_auc(vecs, hu, hv, nu, nv)
         label = {"numba": "numba, noise per window (default)", "numba-pair": "numba, noise per pair",
-                 "gensim": "gensim, same walks"}[name]
-        row(f"skip-gram: {label}", f"{rate[name] / 1e3:.0f}k tok/s, AUC {auc[name]:.4f}", t)
-        print(f"  {name}: {rate[name] / 1e3:.0f}k tokens/s ({tokens:,} tokens), AUC {auc[name]:.4f}, load {load()}")
-    ratio("skipgram_tokens_per_s_numba_vs_gensim", rate["numba"] / rate["gensim"])
-    ratio("skipgram_tokens_per_s_numba_pair_vs_gensim", rate["numba-pair"] / rate["gensim"])
-    ratio("link_auc_numba_vs_gensim", auc["numba"] / auc["gensim"])
-    ratio("link_auc_numba_pair_vs_gensim", auc["numba-pair"] / auc["gensim"])
+                 "gensim-memory": "gensim, same walks (iterable)",
+                 "gensim-file": "gensim, same walks (corpus file)"}[name]
+        quality = "walk prefix" if prefix else f"AUC {auc[name]:.4f}"
+        row(f"skip-gram: {label}", f"{rate[name] / 1e3:.0f}k tok/s, {quality}", t)
+        print(f"  {name}: {rate[name] / 1e3:.0f}k tokens/s ({tokens:,} tokens), {quality}, load {load()}")
+    for ref in (n for n in rate if n.startswith("gensim")):
+        tag = "" if ref == "gensim-memory" else "_" + ref.split("-")[1]
+        ratio(f"skipgram_tokens_per_s_numba_vs_gensim{tag}", rate["numba"] / rate[ref])
+        ratio(f"skipgram_tokens_per_s_numba_pair_vs_gensim{tag}", rate["numba-pair"] / rate[ref])
+        if not prefix:
+            ratio(f"link_auc_numba_vs_gensim{tag}", auc["numba"] / auc[ref])
+            ratio(f"link_auc_numba_pair_vs_gensim{tag}", auc["numba-pair"] / auc[ref])
     if args.ray:
         row("ours: walks as Ray tasks (job)", f"{ours_via_ray(g, args) / 1e6:.2f} M steps/s")
     cg_sps, cg_n = time_csrgraph(g, args)
     row(f"csrgraph biased walks ({cg_n:,} starts)", f"{cg_sps / 1e6:.2f} M steps/s")
     ratio("walk_steps_per_s_vs_csrgraph", sps / cg_sps)
-    if args.sg_tokens:
+    if prefix:
         return   # end to end needs every walk
     e2e = t_walk + tokens / rate["numba"]
     row("ours: end to end (walks + numba skip-gram)", f"AUC {auc['numba']:.4f}", e2e)
@@ -404,6 +412,9 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=40, help="speed section: walk length")
     ap.add_argument("--sg-tokens", type=int, default=0,
                     help="speed section: time skip-gram on the first walks holding about this many tokens (0: all)")
+    ap.add_argument("--gensim-corpus", default="memory,file",
+                    help="speed section: how walks reach gensim, memory (an iterable, as PecanPy and our job's "
+                         "default) and/or file (corpus_file, read in C++ without the GIL)")
     ap.add_argument("--planted", default="", help="planted graphs: small (2,000 nodes), large (10^5); "
                                                   "default both, --quick small")
     ap.add_argument("--blogcatalog", default="", help="folder with BlogCatalog's edges.parquet and labels.parquet")

@@ -14,7 +14,7 @@ from jobs.errors import InputError, JobError
 from models.node2vec.classify import label_matrix
 from models.node2vec.graph import Graph
 from models.node2vec.skipgram import SkipGramConfig
-from models.node2vec.tune import TuneResult, TuneSettings, tune
+from models.node2vec.tune import TuneResult, TuneSettings, tune, tune_walks
 
 log = logging.getLogger("jobs")
 
@@ -116,13 +116,16 @@ def run_tune(cfg: Any, graph: Graph, sg: SkipGramConfig, y: np.ndarray | None) -
     """The grid search (y: label matrix from read_labels, or None), a progress line per grid point."""
     settings = tune_settings(cfg)
     points = len(settings.p_grid) * len(settings.q_grid)
-    prog = Progress("embed_users tune", total=points + min(settings.finalists, points), unit="runs",
-                    every_s=30.0)
+    n = min(graph.n_nodes, settings.max_nodes)            # the nodes tuned on
+    first = tune_walks(settings, graph.n_nodes, n)
+    finalists = min(settings.finalists, points) if first < settings.walks_per_node else 0
+    prog = Progress("embed_users tune", total=n * (points * first + finalists * settings.walks_per_node),
+                    unit="walks", every_s=30.0)
 
     def on_point(point: dict[str, Any]) -> None:
         log.info("tune p=%g q=%g%s: score %.4f (%.1fs)", point["p"], point["q"],
                  " (finalist, every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
-        prog.update(1)
+        prog.update(n * (settings.walks_per_node if point.get("finalist") else first))
 
     result = tune(graph, settings, sg, y=y, on_point=on_point)
     prog.close()

@@ -1,8 +1,8 @@
-"""`python -m jobs.embed_users`: node2vec user vectors into the feature store (issue 5).
+"""`python -m jobs.embed_users`: node2vec user vectors into the feature store.
 
-    read users (posts) and edges -> CSR graph -> p/q walks (Ray tasks over shards of
-    start nodes, CSR arrays put once in the object store) -> skip-gram (numba, negatives
-    shared per window; or gensim) -> view user/node2vec@1 keyed by user_id
+    read users (posts) and edges -> CSR graph -> [--tune: p, q by grid search] -> p/q walks
+    (Ray tasks over shards of start nodes, CSR arrays put once in the object store) ->
+    skip-gram (numba or gensim) -> view user/node2vec@1 keyed by user_id
 
 Reproducible: every walk's random stream is keyed by (seed, walk id), and shards
 are reassembled in a fixed order, so the walks are identical whatever the number
@@ -20,6 +20,7 @@ may post later); the summary counts them (`edge_users_without_posts`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -31,12 +32,14 @@ from typing import Any
 import numpy as np
 
 from jobs._cli import ArchiveArgs, RayArgs, arg, main_for
+from jobs._embed_tune import check_tune_config, read_labels, run_tune, tune_request
 from jobs._progress import Progress
 from jobs._spill import spill_dir
 from jobs.errors import InputError, JobError
 from models.node2vec import SkipGramConfig, build_graph, has_arcs, train_skipgram
 from models.node2vec.graph import Graph
-from models.node2vec.skipgram import TRAINERS
+from models.node2vec.skipgram import NEGATIVES, TRAINERS
+from models.node2vec.tune import DEFAULT_GRID
 from models.node2vec.walks import row_cumsum
 
 log = logging.getLogger("jobs")
@@ -45,7 +48,7 @@ VIEW = "user/node2vec@1"
 WRITE_BATCH = 65_536
 SHARD_BYTES = 64 * 1024**2  # cap on one walk task's output (see run_walks)
 WALKS_PREFIX = ".walks-"    # + "<pid>-<random>" under <out>/tmp (jobs/_spill.py)
-SKIPGRAM = {"numba": "numba SGNS, negatives shared per window (pWord2Vec)",   # the view's producer
+SKIPGRAM = {"numba": "numba SGNS, sequential per-pair updates as word2vec",   # the view's producer
             "gensim": "gensim Word2Vec sg=1 negative sampling"}
 
 
@@ -67,12 +70,28 @@ class EmbedUsersConfig(ArchiveArgs, RayArgs):
     view: str = arg(VIEW, "feature store view to write")
     shards: int = arg(0, "Ray tasks over start nodes (0: 4 per Ray CPU)")
     sg_workers: int = arg(0, "skip-gram threads (0: all cores here; 1: bit-reproducible vectors)")
-    sg_trainer: str = arg("numba", "skip-gram trainer: numba (negatives shared per window; 3x gensim's rate "
-                                   "at 10^4 nodes, 5x at 10^5, and time linear in users) or gensim "
-                                   "(PecanPy's trainer)",
+    sg_trainer: str = arg("numba", "skip-gram trainer: numba (ours: word2vec's updates, several times "
+                                   "gensim's rate, see benchmarks/results/node2vec.md) or gensim (PecanPy's)",
                           choices=TRAINERS)
+    sg_negatives: str = arg("window", "--sg-trainer numba: noise rows drawn once per centre node for its "
+                                      "window (window; fewer cache misses) or afresh for every pair "
+                                      "(pair, word2vec's draws)", choices=NEGATIVES)
     corpus: str = arg("memory", "--sg-trainer gensim only: how walks reach gensim, memory (iterable) or "
                                 "file (corpus_file, faster with many cores)", choices=("memory", "file"))
+    tune: bool = arg(False, "choose p and q by grid search over --p-grid x --q-grid, as the node2vec paper "
+                            "does (--p and --q are then ignored): scored by link prediction on held-out "
+                            "edges, or with --labels by node classification")
+    p_grid: list[float] = arg(list(DEFAULT_GRID), "--tune: values of p to try (comma separated)")
+    q_grid: list[float] = arg(list(DEFAULT_GRID), "--tune: values of q to try (comma separated)")
+    labels: str = arg("", "--tune: Parquet of (user_id, label) rows, several per user allowed; scores each "
+                          "grid point by Macro-F1 of one-vs-rest logistic regression on held-out users")
+    label_column: str = arg("label", "--labels: name of the label column (integer or string)")
+    tune_budget: float = arg(12.0, "--tune: the search costs about this many full embeddings (grid points "
+                                   "train on fewer walks per node, then the finalists on all)")
+    tune_max_nodes: int = arg(100_000, "--tune: larger graphs are tuned on a breadth-first sample of this "
+                                       "many users")
+    tune_finalists: int = arg(2, "--tune: the best grid points trained again on every walk before choosing "
+                                 "(part of the budget; 0: choose from the short runs)")
 
 
 def check_config(cfg: EmbedUsersConfig) -> None:
@@ -89,6 +108,8 @@ def check_config(cfg: EmbedUsersConfig) -> None:
     for name in ("walks_per_node", "dim", "window", "negative"):
         if getattr(cfg, name) < 1:
             raise JobError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.tune or cfg.labels:
+        check_tune_config(cfg)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -165,9 +186,9 @@ def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None
     starts = start_order(graph, cfg.seed)
     cpus = max(int(ray.cluster_resources().get("CPU", 1)), 1)
     # Shards small enough that one result stays under SHARD_BYTES (a task's output is held in the
-    # worker, the object store and the driver at once), and at most 2 per CPU in flight: at
-    # 10^6 users x 10 x 80 the walks are 3.2 GB, and 8 shards of 400 MB, all submitted at once,
-    # held ~2.5 KB per user of memory (issue 9). Walks do not depend on the shard count.
+    # worker, the object store and the driver at once), and at most 2 per CPU in flight: a few
+    # huge shards submitted at once would hold several copies of all walks. Walks do not depend
+    # on the shard count.
     walk_bytes = cfg.walks_per_node * cfg.walk_length * 4
     n_shards = cfg.shards or max(4 * cpus, -(-int(starts.size) * walk_bytes // SHARD_BYTES))
     n_shards = max(1, min(n_shards, starts.size))
@@ -202,15 +223,24 @@ def run_walks(cfg: EmbedUsersConfig, graph: Graph, spill_dir: Path | None = None
 # --------------------------------------------------------------------------- store
 
 
-def producer(cfg: EmbedUsersConfig, graph: Graph) -> dict[str, Any]:
-    """What made the view: every parameter that changes the vectors."""
-    return {"model": "node2vec", "walks": "exact Grover & Leskovec p/q, numba rejection sampler",
-            "skipgram": SKIPGRAM[cfg.sg_trainer],
+def producer(cfg: EmbedUsersConfig, graph: Graph, tuned: dict[str, Any] | None = None) -> dict[str, Any]:
+    """What made the view: every parameter that changes the vectors (and, tuned, the search)."""
+    skipgram = SKIPGRAM[cfg.sg_trainer]
+    if cfg.sg_trainer == "numba":
+        skipgram += f", noise rows drawn per {cfg.sg_negatives}"
+    prod = {"model": "node2vec", "walks": "exact Grover & Leskovec p/q, numba rejection sampler",
+            "skipgram": skipgram,
             "p": cfg.p, "q": cfg.q, "walk_length": cfg.walk_length, "walks_per_node": cfg.walks_per_node,
             "window": cfg.window, "epochs": cfg.epochs or 1, "negative": cfg.negative,
             "directed": cfg.directed, "weighted": cfg.weighted, "seed": cfg.seed,
             "nodes": graph.n_nodes, "arcs": graph.n_edges,
             "users_without_edges": "zero vector"}
+    if tuned is not None:
+        prod["tune"] = tuned
+    return prod
+
+
+_TUNE_OUTCOME = ("p", "q", "tune")   # what --tune decides: not known before it runs
 
 
 def write_vectors(cfg: EmbedUsersConfig, graph: Graph, vecs: np.ndarray, prod: dict[str, Any]) -> None:
@@ -224,26 +254,32 @@ def write_vectors(cfg: EmbedUsersConfig, graph: Graph, vecs: np.ndarray, prod: d
                 w.put(graph.node_ids[lo:lo + WRITE_BATCH], vecs[lo:lo + WRITE_BATCH].astype(cfg.dtype))
 
 
-def already_done(cfg: EmbedUsersConfig, prod: dict[str, Any], n: int) -> bool:
-    """True when the view holds this exact run (same producer, every row): a re-run is a no-op.
+def stored_run(cfg: EmbedUsersConfig, prod: dict[str, Any], n: int) -> tuple[dict[str, Any] | None, bool]:
+    """(the view's producer when it holds this run, whether every row is written).
 
-    A view made by other parameters is an error (its metadata would lie about the
-    vectors); a partial view from a killed run with the same parameters is rewritten.
+    Every row written: a re-run is a no-op. With --tune, "this run" is the same request
+    (grid, labels, budget and every other parameter): the p, q it chose are read back, and
+    a partial view from a killed run is finished with the same choice, not tuned again. A
+    view made by other parameters is an error (its metadata would lie about the vectors).
     """
     from featurestore import Store
 
     if not cfg.store_path().exists():
-        return False
+        return None, False
     with Store.open(str(cfg.store_path()), create=False) as store:
         if cfg.view not in store.list_views():
-            return False
+            return None, False
         info = store.describe(cfg.view)
-    if info.producer != prod or info.dim != cfg.dim or info.dtype != cfg.dtype:
+    old, new = dict(info.producer), prod
+    if cfg.tune:   # compare the request, not what it decided
+        old, new = ({**{k: v for k, v in d.items() if k not in _TUNE_OUTCOME},
+                     "tune request": d.get("tune", {}).get("request")} for d in (old, new))
+    if old != new or info.dim != cfg.dim or info.dtype != cfg.dtype:
         base = cfg.view.rsplit("@", 1)[0]
         raise JobError(f"view {cfg.view} in {cfg.store_path()} was made with other parameters "
-                       f"({_diff(info.producer, prod)}); write a new version (--view {base}@<n+1>) "
+                       f"({_diff(old, new)}); write a new version (--view {base}@<n+1>) "
                        f"or drop the old view")
-    return info.count == n
+    return dict(info.producer), info.count == n
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
@@ -254,20 +290,36 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- run
 
 
+def skipgram_config(cfg: EmbedUsersConfig) -> SkipGramConfig:
+    return SkipGramConfig(dim=cfg.dim, window=cfg.window, epochs=cfg.epochs or 1, negative=cfg.negative,
+                          workers=cfg.sg_workers, seed=cfg.seed, corpus=cfg.corpus, trainer=cfg.sg_trainer,
+                          negatives=cfg.sg_negatives)
+
+
 def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
-    """Graph -> walks -> skip-gram -> store; returns the summary."""
+    """Graph -> [tune p, q] -> walks -> skip-gram -> store; returns the summary."""
     check_config(cfg)
     users = read_users(cfg)
     graph, info = read_graph(cfg, users)
-    prod = producer(cfg, graph)
+    y, label_report = read_labels(cfg.labels, cfg.label_column, graph) if cfg.labels else (None, {})
+    request = {"request": tune_request(cfg)} if cfg.tune else None
     summary: dict[str, Any] = {"view": cfg.view, "users_with_posts": int(users.size), "nodes": graph.n_nodes,
                                "arcs": graph.n_edges, **info}
-    if already_done(cfg, prod, graph.n_nodes):
+    stored, complete = stored_run(cfg, producer(cfg, graph, request), graph.n_nodes)
+    if complete:
         log.info("%s already holds this run (same producer, %d rows); nothing to do", cfg.view, graph.n_nodes)
-        return {**summary, "skipped": True}
-    sg = SkipGramConfig(dim=cfg.dim, window=cfg.window, epochs=cfg.epochs or 1, negative=cfg.negative,
-                        workers=cfg.sg_workers, seed=cfg.seed, corpus=cfg.corpus, trainer=cfg.sg_trainer)
+        return {**summary, "skipped": True, **({"tune": stored["tune"]} if stored and cfg.tune else {})}
+    sg = skipgram_config(cfg)
     logging.getLogger("gensim").setLevel(logging.WARNING)  # its per-epoch INFO lines drown the job's
+    tuned = None
+    if cfg.tune and stored is not None:   # a killed run chose already: finish with its choice
+        tuned = stored["tune"]
+        log.info("%s: resuming with the p, q a previous run chose", cfg.view)
+    elif cfg.tune:
+        tuned = {**run_tune(cfg, graph, sg, y).record(), **(request or {}), **label_report}
+    if tuned is not None:
+        cfg = dataclasses.replace(cfg, p=tuned["chosen"]["p"], q=tuned["chosen"]["q"])
+    prod = producer(cfg, graph, tuned)
     from jobs._ray import init_ray, node_id, placement
 
     t0 = time.perf_counter()
@@ -275,7 +327,7 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     walk_nodes: Counter[str] = Counter()
     t_ray = time.perf_counter() - t0
     spill_root = Path(cfg.out) / "tmp"
-    # Walks go to disk (3.2 GB at 10^6 users x 10 x 80); a killed run's are removed by the next.
+    # Walks go to disk (int32: 4 bytes x walks x length); a killed run's are removed by the next.
     with spill_dir(spill_root, WALKS_PREFIX, "embed_users") as spill:
         t0 = time.perf_counter()
         blocks = run_walks(cfg, graph, Path(spill), walk_nodes)
@@ -298,8 +350,10 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     vecs[isolated] = 0.0  # users without edges: zero vector (see module docstring)
     write_vectors(cfg, graph, vecs, prod)
     return {**summary, "skipped": False, "users_without_edges": int(isolated.sum()),
-            "ray_start_s": round(t_ray, 3), "walk_steps": steps, "walk_s": round(t_walk, 3), "walk_steps_per_s": round(steps / max(t_walk, 1e-9)),
-            "skipgram_s": round(t_sg, 3), "written": graph.n_nodes,
+            "ray_start_s": round(t_ray, 3), "walk_steps": steps, "walk_s": round(t_walk, 3),
+            "walk_steps_per_s": round(steps / max(t_walk, 1e-9)), "skipgram_s": round(t_sg, 3),
+            "skipgram_tokens_per_s": round(steps * sg.epochs / max(t_sg, 1e-9)), "written": graph.n_nodes,
+            **({"p": cfg.p, "q": cfg.q, "tune": tuned} if tuned is not None else {}),
             # walks spread over the cluster; skip-gram and the store writes run in this driver
             "placement": placement(walks=walk_nodes, skipgram_and_writes={node_id(): graph.n_nodes})}
 

@@ -163,3 +163,147 @@ def test_cli_exit_code_for_bad_q(tmp_path, capsys):
     argv = ["--posts", cfg.posts, "--edges", cfg.edges, "--out", cfg.out, "--q", "0"]
     assert run_job("embed_users", EmbedUsersConfig, run, argv) == 2
     assert "--q must be a finite number > 0" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- --tune
+
+
+def write_labels(tmp_path, users, labels, name="labels.parquet", user_type=None, label_type=None):
+    cols = {"user_id": pa.array(users, user_type or pa.int64()),
+            "label": pa.array(labels, label_type) if label_type is not None else pa.array(labels)}
+    pq.write_table(pa.table(cols), tmp_path / name)
+    return str(tmp_path / name)
+
+
+def community_labels(tmp_path, extra=()):
+    """Each planted user's community, plus a second row for every fourth user (several per user)."""
+    users = 100 + np.arange(N_COMM * SIZE)
+    comm = np.arange(users.size) // SIZE
+    u = np.r_[users, users[::4], np.asarray(extra, np.int64)]
+    lab = np.r_[comm, np.full(users[::4].size, 9), np.zeros(len(extra), np.int64)]
+    return write_labels(tmp_path, u, lab)
+
+
+TUNE = dict(tune=True, p_grid=[0.5, 2.0], q_grid=[0.5, 2.0], tune_budget=4.0)   # 4 points x 4 of 8 walks + 2 x 8
+
+
+def test_tune_by_link_prediction_records_grid_and_choice(tmp_path, ray_local):
+    cfg = dataclasses.replace(planted_archive(tmp_path), **TUNE)
+    res = run(cfg)
+    tune = res["tune"]
+    assert "link prediction" in tune["scoring"] and tune["p_grid"] == [0.5, 2.0] and tune["q_grid"] == [0.5, 2.0]
+    assert [(pt["p"], pt["q"]) for pt in tune["points"]] == [(0.5, 0.5), (0.5, 2.0), (2.0, 0.5), (2.0, 2.0)]
+    assert tune["walks_per_node"] == 4
+    top = sorted(tune["points"], key=lambda pt: -pt["score"])[:2]   # the finalists, trained on every walk
+    assert {(f["p"], f["q"]) for f in tune["finalists"]} == {(t["p"], t["q"]) for t in top}
+    best = max(tune["finalists"], key=lambda pt: pt["score"])
+    assert tune["chosen"] == {"p": best["p"], "q": best["q"]} == {"p": res["p"], "q": res["q"]}
+    assert all(0.5 < pt["auc"] <= 1 for pt in tune["points"] + tune["finalists"])
+    info, _, found = read_view(cfg, 100 + np.arange(N_COMM * SIZE))
+    assert found.all() and (info.producer["p"], info.producer["q"]) == (res["p"], res["q"])
+    assert info.producer["tune"]["points"] == tune["points"]          # the view's metadata holds the search
+    # The same request again is a no-op that reports the stored search; another grid is another view.
+    again = run(cfg)
+    assert again["skipped"] is True and again["tune"]["chosen"] == tune["chosen"]
+    with pytest.raises(JobError, match="other parameters"):
+        run(dataclasses.replace(cfg, q_grid=[1.0]))
+
+
+def test_tune_by_labels_scores_macro_f1(tmp_path, ray_local):
+    cfg = dataclasses.replace(planted_archive(tmp_path), labels=community_labels(tmp_path, extra=[777, 778]),
+                              **TUNE)
+    res = run(cfg)
+    tune = res["tune"]
+    assert "Macro-F1" in tune["scoring"] and tune["labelled_users"] == N_COMM * SIZE
+    assert tune["labelled_users_not_in_graph"] == 2 and tune["labels"] == N_COMM + 1
+    assert all(0 < pt["macro_f1"] <= 1 and "micro_f1" in pt for pt in tune["points"])
+    assert max(pt["macro_f1"] for pt in tune["points"]) > 0.6        # communities are learnable
+    best = max(tune["finalists"], key=lambda pt: pt["score"])
+    assert (res["p"], res["q"]) == (best["p"], best["q"])
+    # --label-column names another column
+    other = tmp_path / "groups.parquet"
+    pq.write_table(pq.read_table(cfg.labels).rename_columns(["user_id", "group"]), other)
+    res2 = run(dataclasses.replace(cfg, labels=str(other), label_column="group", view="user/node2vec@2"))
+    def scores(points):
+        return [{k: v for k, v in pt.items() if k != "seconds"} for pt in points]
+
+    assert scores(res2["tune"]["points"]) == scores(tune["points"])
+
+
+@pytest.mark.parametrize("field,value,msg", [
+    ("p_grid", [0.0, 1.0], "--p-grid must be a non-empty list of finite numbers > 0"),
+    ("q_grid", [], "--q-grid must be a non-empty list"),
+    ("q_grid", [1.0, float("nan")], "--q-grid"),
+    ("p_grid", [2.0, 2.0], "--p-grid lists a value twice"),
+    ("tune_budget", 0.0, "--tune-budget must be > 0"),
+    ("tune_max_nodes", 1, "--tune-max-nodes must be >= 2"),
+    ("tune_finalists", -1, "--tune-finalists must be >= 0"),
+])
+def test_bad_tune_parameters(tmp_path, field, value, msg):
+    cfg = dataclasses.replace(planted_archive(tmp_path), tune=True, **{field: value})
+    with pytest.raises(JobError, match=msg):
+        run(cfg)
+
+
+def test_labels_without_tune(tmp_path):
+    cfg = dataclasses.replace(planted_archive(tmp_path), labels=community_labels(tmp_path))
+    with pytest.raises(JobError, match="--labels is only read by --tune"):
+        run(cfg)
+
+
+@pytest.mark.parametrize("case,msg", [
+    ("missing", "labels file .* does not exist"),
+    ("not_parquet", "not a readable Parquet file"),
+    ("no_label_column", "no column 'label' \\(--label-column"),
+    ("no_user_column", "no column 'user_id'"),
+    ("user_id_string", "column 'user_id' must be an integer"),
+    ("label_float", "column 'label' must be an integer or a string"),
+    ("null_label", "column 'label' has 1 null"),
+    ("unknown_users", "none of its 2 labelled users is a user of the graph"),
+])
+def test_bad_labels_files(tmp_path, case, msg):
+    users = [100, 101]
+    path = {
+        "missing": lambda: str(tmp_path / "nope.parquet"),
+        "not_parquet": lambda: (tmp_path / "bad.parquet").write_text("user_id,label\n1,2\n") and
+        str(tmp_path / "bad.parquet"),
+        "no_label_column": lambda: (pq.write_table(pa.table({"user_id": users, "group": [1, 2]}),
+                                                   tmp_path / "l.parquet"), str(tmp_path / "l.parquet"))[1],
+        "no_user_column": lambda: (pq.write_table(pa.table({"user": users, "label": [1, 2]}),
+                                                  tmp_path / "l.parquet"), str(tmp_path / "l.parquet"))[1],
+        "user_id_string": lambda: write_labels(tmp_path, ["100", "101"], [1, 2], user_type=pa.string()),
+        "label_float": lambda: write_labels(tmp_path, users, [1.5, 2.0], label_type=pa.float64()),
+        "null_label": lambda: write_labels(tmp_path, users, [1, None], label_type=pa.int64()),
+        "unknown_users": lambda: write_labels(tmp_path, [5, 6], ["a", "b"]),
+    }[case]()
+    cfg = dataclasses.replace(planted_archive(tmp_path), tune=True, labels=path)
+    with pytest.raises(InputError, match=msg):
+        run(cfg)
+
+
+def test_cli_exit_code_for_bad_grid(tmp_path, capsys):
+    cfg = planted_archive(tmp_path)
+    argv = ["--posts", cfg.posts, "--edges", cfg.edges, "--out", cfg.out, "--tune", "--p-grid", "0.5,-1"]
+    assert run_job("embed_users", EmbedUsersConfig, run, argv) == 2
+    assert "--p-grid must be a non-empty list of finite numbers > 0, got [0.5, -1.0]" in capsys.readouterr().err
+
+
+def test_killed_tune_run_is_finished_with_its_choice(tmp_path, ray_local):
+    # A run killed after tuning leaves a partial view whose metadata holds the choice; the
+    # re-run finishes it with that choice instead of searching again.
+    from featurestore import Store
+    from jobs._embed_tune import tune_request
+    from jobs.embed_users import producer, read_graph, read_users
+
+    cfg = dataclasses.replace(planted_archive(tmp_path), **TUNE)
+    graph, _ = read_graph(cfg, read_users(cfg))
+    chosen = {"chosen": {"p": 2.0, "q": 0.5}, "points": [], "finalists": [], "request": tune_request(cfg)}
+    prod = producer(dataclasses.replace(cfg, p=2.0, q=0.5), graph, chosen)
+    with Store.open(cfg.store, create=True) as store:
+        store.create_view(cfg.view, dim=cfg.dim, dtype=cfg.dtype, producer=prod)
+        with store.writer(cfg.view) as w:
+            w.put(graph.node_ids[:5], np.ones((5, cfg.dim), np.float16))
+    res = run(cfg)
+    assert res["skipped"] is False and (res["p"], res["q"]) == (2.0, 0.5) and res["tune"] == chosen
+    info, vecs, found = read_view(cfg, graph.node_ids)
+    assert found.all() and info.producer == prod and not np.all(vecs[:5] == 1)

@@ -1,5 +1,5 @@
 """The numba skip-gram trainer (models/node2vec/sgns.py) against a plain-Python replay of
-its documented algorithm, gensim's down-sampling rule and an exact alias-table check."""
+its documented algorithm, gensim's down-sampling rule and exact checks of the noise table."""
 
 from __future__ import annotations
 
@@ -8,8 +8,11 @@ import pytest
 
 from models.errors import ModelError
 from models.node2vec import build_graph, random_walks, sgns
-from models.node2vec.sgns import _alias_table, keep_probability, train_sgns
-from models.node2vec.walks import _next, _walk_seed
+from models.node2vec.sgns import NoiseTable, _alias_table, keep_probability, train_sgns
+from models.node2vec.walks import _mix, _next, _walk_seed
+
+GOLDEN = 0x9E3779B97F4A7C15
+MASK64 = (1 << 64) - 1
 
 
 def nxt(state):
@@ -18,23 +21,33 @@ def nxt(state):
     return np.uint64(state), u
 
 
-def reference_sgns(walks, counts, dim, window, negative, epochs, alpha, sample, seed):
+def draw(state, noise: NoiseTable):
+    """The kernel's noise draw in Python integers: alias over distinct counts, uniform inside one."""
+    state = (int(state) + GOLDEN) & MASK64
+    z = int(_mix(np.uint64(state)))
+    hi, lo = z >> 32, z & 0xFFFFFFFF
+    x = hi * noise.cut.size
+    i = x >> 32
+    if (x & 0xFFFFFFFF) >= int(noise.cut[i]):
+        i = int(noise.alias[i])
+    return np.uint64(state), int(noise.start[i]) + ((lo * int(noise.size[i])) >> 32)
+
+
+def reference_sgns(walks, counts, dim, window, negative, epochs, alpha, sample, seed, shared):
     """The trainer's algorithm in float64 Python, one walk at a time, same random stream."""
-    n = counts.size
-    present = np.flatnonzero(counts)
+    noise = NoiseTable(counts)
+    rows = noise.order.size
     rng = np.random.default_rng([seed, 0x5367_6E73])
-    syn0 = np.zeros((n, dim))
-    syn0[present] = (rng.random((present.size, dim), np.float32) * 2 - 1) / dim
-    syn1 = np.zeros((n, dim))
+    syn0 = ((rng.random((rows, dim), np.float32) * 2 - 1) / dim).astype(np.float64)
+    syn1 = np.zeros((rows, dim))
     keep = keep_probability(counts, sample).astype(np.float32)
-    w = counts[present].astype(np.float64) ** 0.75
-    prob, alias = _alias_table(w)
     total = len(walks) * epochs
-    rows = max(1, sgns.ALPHA_STEP_TOKENS // walks.shape[1])
+    step = max(1, sgns.ALPHA_STEP_TOKENS // walks.shape[1])
     pos = 0
     for _ in range(epochs):
         for walk in walks:
-            a = alpha - (alpha - sgns.MIN_ALPHA) * ((pos // rows) * rows / total)
+            a = max(alpha - (alpha - sgns.MIN_ALPHA) * ((pos // step) * step / total), sgns.MIN_ALPHA)
+            a = float(np.float32(a))
             state = np.uint64(_walk_seed(np.uint64(seed), np.int64(pos)))
             sent = []
             for v in walk[walk >= 0]:
@@ -42,30 +55,38 @@ def reference_sgns(walks, counts, dim, window, negative, epochs, alpha, sample, 
                     state, u = nxt(state)
                     if u >= keep[v]:
                         continue
-                sent.append(int(v))
+                sent.append(int(noise.rank[v]))
+            pairs = []                         # (context row, [centre, noise rows...]), drawn first
             for i, centre in enumerate(sent):
                 state, u = nxt(state)
                 r = window - int(u * window)
-                ctx = [sent[j] for j in range(max(0, i - r), min(len(sent), i + r + 1)) if j != i]
-                outs = [centre]
-                for _ in range(negative):
-                    state, u = nxt(state)
-                    x = u * present.size
-                    k = min(int(x), present.size - 1)
-                    node = present[k if x - k < prob[k] else alias[k]]
-                    if node != centre:
-                        outs.append(int(node))
-                if not ctx:
-                    continue
-                f = np.clip(syn0[ctx] @ syn1[outs].T, -30, 30)
-                label = np.zeros(len(outs))
-                label[0] = 1.0
-                g = (label - 1 / (1 + np.exp(-f))) * a
-                neu1e = g @ syn1[outs]
-                np.add.at(syn1, outs, g.T @ syn0[ctx])
-                np.add.at(syn0, ctx, neu1e)
+                if shared:
+                    outs = [centre]
+                    for _ in range(negative):
+                        state, x = draw(state, noise)
+                        outs.append(x if x != centre else -1)
+                for j in range(max(0, i - r), min(len(sent), i + r + 1)):
+                    if j == i:
+                        continue
+                    if not shared:
+                        outs = [centre]
+                        for _ in range(negative):
+                            state, x = draw(state, noise)
+                            outs.append(x if x != centre else -1)
+                    pairs.append((sent[j], outs))
+            for ctx, outs in pairs:            # word2vec's update, one pair after the other
+                neu1e = np.zeros(dim)
+                for t, b in enumerate(outs):
+                    if b < 0:
+                        continue
+                    g = ((1.0 if t == 0 else 0.0) - sigmoid(syn0[ctx] @ syn1[b])) * a
+                    neu1e += g * syn1[b]
+                    syn1[b] += g * syn0[ctx]
+                syn0[ctx] += neu1e
             pos += 1
-    return syn0
+    out = np.zeros((counts.size, dim))
+    out[noise.order] = syn0
+    return out
 
 
 def small_walks(directed=False):
@@ -78,16 +99,39 @@ def small_walks(directed=False):
     return g, walks
 
 
+@pytest.mark.parametrize("shared", [True, False], ids=["window", "pair"])
 @pytest.mark.parametrize("directed", [False, True])
-def test_trainer_matches_plain_python_replay(directed):
+def test_trainer_matches_plain_python_replay(directed, shared):
     g, walks = small_walks(directed)
     counts = np.bincount(walks[walks >= 0], minlength=g.n_nodes)
-    kw = dict(dim=8, window=3, negative=4, epochs=2, alpha=0.05, sample=0.05, seed=7)
+    kw = dict(dim=8, window=3, negative=4, epochs=2, alpha=0.05, sample=0.05, seed=7, shared=shared)
     ours = train_sgns([walks[:40], walks[40:]], g.n_nodes, counts, threads=1, **kw)
     ref = reference_sgns(walks, counts, **kw)
     assert np.abs(ref).max() > 0.2                      # trained well away from the init
     np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=2e-6)
     assert np.all(ours[counts == 0] == 0)               # nodes never walked: zero rows
+
+
+def sigmoid(f):
+    """The kernel's interpolated table in float64."""
+    x = (f + sgns.SIGMOID_MAX) * sgns.SIGMOID_SCALE
+    i = np.clip(np.floor(x).astype(np.int64), 0, sgns.SIGMOID_BINS)
+    t = np.clip(x - i, 0.0, 1.0)
+    table = sgns._SIGMOID.astype(np.float64)
+    return table[i] + t * (table[i + 1] - table[i])
+
+
+def test_sigmoid_table():
+    f = np.linspace(-12, 12, 100_001)
+    exact = 1 / (1 + np.exp(-f))
+    assert np.abs(sigmoid(f) - exact).max() < 4e-4                    # beyond +-8: the table's ends
+    inside = np.abs(f) < 8
+    assert np.abs(sigmoid(f) - exact)[inside].max() < 3e-7
+    got = np.array([sgns._sigmoid(np.float32(v)) for v in f[::97]])   # the kernel's own function
+    np.testing.assert_allclose(got, sigmoid(f[::97].astype(np.float32).astype(np.float64)), atol=2e-7)
+    for bad in (np.nan, np.inf, -np.inf):                              # never reads outside the table
+        v = sgns._sigmoid(np.float32(bad))
+        assert np.isnan(v) or 0 <= v <= 1
 
 
 def test_alias_table_is_exactly_the_weights():
@@ -97,6 +141,23 @@ def test_alias_table_is_exactly_the_weights():
     mass = prob.copy()
     np.add.at(mass, alias, 1.0 - prob)                 # slot j gives 1 - prob[j] to alias[j]
     np.testing.assert_allclose(mass / n, w / w.sum(), rtol=1e-9, atol=1e-12)
+
+
+def test_noise_table_is_count_to_the_three_quarters():
+    rng = np.random.default_rng(4)
+    counts = np.r_[rng.integers(1, 40, 300), np.zeros(5, np.int64), 5000, 5000]
+    noise = NoiseTable(counts)
+    assert np.all(np.diff(counts[noise.order]) <= 0)   # rows by descending count
+    assert np.array_equal(noise.rank[noise.order], np.arange(noise.order.size))
+    assert np.all(noise.rank[counts == 0] == -1)
+    want = counts[noise.order] ** 0.75
+    np.testing.assert_allclose(noise.probabilities(), want / want.sum(), rtol=1e-6, atol=1e-12)
+    # and the kernel's draws follow it (chi-square over 200k draws)
+    draws = sgns._draw_many(np.uint64(9), 200_000, noise.cut, noise.alias, noise.start, noise.size)
+    hits = np.bincount(draws, minlength=noise.order.size)
+    expect = noise.probabilities() * draws.size
+    chi2 = ((hits - expect) ** 2 / expect).sum()
+    assert chi2 < noise.order.size + 6 * np.sqrt(2 * noise.order.size)   # ~6 sigma of chi2(dof)
 
 
 @pytest.mark.parametrize("sample", [1e-3, 0.005, 5.0, 0.0])

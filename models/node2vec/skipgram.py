@@ -2,14 +2,14 @@
 
 Two trainers, picked by `SkipGramConfig.trainer`:
 
-* "numba" (default): `models/node2vec/sgns.py`, negatives shared across a centre
-  node's window, trained straight from the int32 walk arrays. 3x gensim's rate at
-  10^4 nodes and 5x at 10^5 on 2 cores, and only ~10% slower per token at 10^6
-  users than at 10^4, where gensim's random row reads miss the caches (benchmarks/results/node2vec.md and
-  scale.md, issue 9);
-* "gensim": gensim's Cython SGNS, per-pair negatives, exactly what PecanPy (the
-  reference) runs; kept for comparisons and for bit-compatibility with vectors
-  made before. torch on CPU is several times slower than either.
+* "numba" (default): `models/node2vec/sgns.py`, word2vec's skip-gram with its
+  sequential per-pair updates, trained straight from the int32 walk arrays. Its noise
+  rows are drawn once per centre node for the whole window (`negatives="window"`, the
+  default: a centre's window then reads a handful of rows that stay in L1) or afresh for
+  every (centre, context) pair as word2vec does (`negatives="pair"`). Its rates and its
+  quality against gensim on the same walks are in benchmarks/results/node2vec.md;
+* "gensim": gensim's Cython SGNS, exactly what PecanPy (the reference) runs; kept as
+  the reference for quality and speed comparisons.
 
 The rest of this docstring is about the gensim path.
 
@@ -22,10 +22,10 @@ workers on big machines).
 Int tokens are node id + n_nodes, never the bare id: gensim's
 `KeyedVectors.get_index(key)` looks an int up as a KEY first and only then
 treats it as a slot, and `make_cum_table` calls it with slots. With keys
-0..n-1 every slot is also a key, so the negative-sampling table silently used
-the count of node i for slot i (a permuted noise distribution): link-prediction
-AUC fell from 0.84 to 0.70 in benchmarks/node2vec.py. Keys >= n_nodes never
-collide with slots. `tests/test_node2vec_quality.py` guards this.
+0..n-1 every slot is also a key, so the negative-sampling table would silently
+use the count of node i for slot i (a permuted noise distribution, which costs
+link-prediction quality). Keys >= n_nodes never collide with slots;
+`tests/test_node2vec_quality.py` guards this.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import numpy as np
 from models.errors import ModelError
 
 TRAINERS = ("numba", "gensim")
+NEGATIVES = ("window", "pair")   # numba: noise rows drawn per centre window or per (centre, context) pair
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,7 @@ class SkipGramConfig:
     seed: int = 0
     corpus: str = "memory"  # gensim only: "memory" (iterable over the arrays) or "file" (corpus_file)
     trainer: str = "numba"  # "numba" (models/node2vec/sgns.py) or "gensim"
+    negatives: str = "window"  # numba only: noise rows drawn per centre "window" or per "pair"
 
     def check(self) -> None:
         for name in ("dim", "window", "epochs", "negative"):
@@ -65,6 +67,8 @@ class SkipGramConfig:
             raise ModelError(f"skip-gram alpha must be > 0 and sample >= 0, got {self.alpha}, {self.sample}")
         if self.trainer not in TRAINERS:
             raise ModelError(f"skip-gram trainer must be one of {TRAINERS}, got {self.trainer!r}")
+        if self.negatives not in NEGATIVES:
+            raise ModelError(f"skip-gram negatives must be one of {NEGATIVES}, got {self.negatives!r}")
         if self.corpus not in ("memory", "file"):
             raise ModelError(f"skip-gram corpus must be 'memory' or 'file', got {self.corpus!r}")
 
@@ -123,7 +127,7 @@ def train_skipgram(walks: Sequence[np.ndarray], n_nodes: int, cfg: SkipGramConfi
             counts += np.bincount(flat[flat >= 0], minlength=n_nodes)
         return train_sgns(walks, n_nodes, counts, dim=cfg.dim, window=cfg.window, negative=cfg.negative,
                           epochs=cfg.epochs, alpha=cfg.alpha, sample=cfg.sample, seed=cfg.seed,
-                          threads=cfg.workers, on_walks=on_walks)
+                          threads=cfg.workers, shared=cfg.negatives == "window", on_walks=on_walks)
     model, keys = fit_word2vec(walks, n_nodes, cfg, on_walks)
     out = np.zeros((n_nodes, cfg.dim), np.float32)
     out[keys] = model.wv.vectors
@@ -136,8 +140,8 @@ def walk_vocab(walks: Sequence[np.ndarray], n_nodes: int) -> tuple[np.ndarray, n
     Returns (nodes (V,) int64 in order of first occurrence, row-major over the blocks as the
     corpus yields them; their counts (V,) int64; walks (rows, padded or not); tokens).
     The order matters: gensim sorts the vocabulary by count with a non-stable argsort over
-    this insertion order, so the same order gives the same model bit for bit. At 10^6 users x
-    10 walks x 80 this takes seconds where gensim's `build_vocab` took ~8 minutes.
+    this insertion order, so the same order gives the same model bit for bit. It is one
+    bincount per block, where gensim's `build_vocab` loops over every token in Python.
     """
     counts = np.zeros(n_nodes, np.int64)
     first = np.full(n_nodes, -1, np.int64)     # position of the node's first token (-1: not yet)

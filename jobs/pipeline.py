@@ -144,7 +144,7 @@ def _images_present(cfg: Any) -> bool:
     from featurestore import uri
     from jobs.contract import iter_posts
 
-    for batch in iter_posts(str(cfg.posts_path()), columns=("image",), batch_rows=IMAGE_SAMPLE):
+    for batch in iter_posts(cfg.posts_uri(), columns=("image",), batch_rows=IMAGE_SAMPLE):
         return any(uri.exists(p) for p in batch.column("image").to_pylist() if p)
     return False
 
@@ -178,11 +178,13 @@ def _best_model(cfg: Any) -> str:
 
 
 def run(cfg: Any) -> dict[str, Any]:
+    from jobs.errors import JobError
+
     unknown = sorted(set(cfg.stages) - set(STAGES))
     if unknown:
-        from jobs.errors import JobError
-
         raise JobError(f"unknown stage(s) {unknown}; valid: {list(STAGES)}")
+    if "train" in cfg.stages and "train" not in cfg.skip and not cfg.all and not cfg.model:
+        raise JobError("--no-all trains only --model: name one (e.g. --model PITF)")
     synthetic = not cfg.posts
     if synthetic and "synth" in cfg.stages and "synth" not in cfg.skip:
         print(f"pipeline: no --posts given: running the demo on a synthetic archive in {cfg.out}/archive",
@@ -204,7 +206,7 @@ def run(cfg: Any) -> dict[str, Any]:
             print(f"pipeline: stage '{stage}' is not installed; skipping it", file=sys.stderr)
             continue
         if stage == "extract" and not _images_present(cfg):
-            print(f"pipeline: extract: skipped: none of the first {IMAGE_SAMPLE} image files of {cfg.posts_path()} "
+            print(f"pipeline: extract: skipped: none of the first {IMAGE_SAMPLE} image files of {cfg.posts_uri()} "
                   "exist (a tag-only archive); models that need image features will be skipped", file=sys.stderr)
             continue
         if stage in RAY_STAGES and not ray_started:
@@ -213,10 +215,6 @@ def run(cfg: Any) -> dict[str, Any]:
             init_ray(cfg.ray_address, cfg.num_cpus)
             ray_started = True
         stage_cfg = stage_config(stage, cfg, synthetic)
-        if stage == "train" and not cfg.all and not cfg.model:
-            from jobs.errors import JobError
-
-            raise JobError("--no-all trains only --model: name one (e.g. --model PITF)")
         if stage == "score" and not cfg.model:
             stage_cfg = dataclasses.replace(stage_cfg, model=_best_model(cfg))
         print(f"pipeline: ── {stage} ──", file=sys.stderr)

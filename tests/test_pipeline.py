@@ -86,6 +86,7 @@ def test_tag_only_archive_runs_end_to_end(tmp_path, ray_local, capsys):
     assert (out / "f1_at_k.png").is_file() and (out / "precision_coverage.png").is_file()
 
 
-def test_no_all_needs_a_model(tmp_path, capsys):
-    assert run_job("pipeline", PipelineConfig, run, ["--out", str(tmp_path), "--stages", "train", "--no-all"]) == 2
+def test_no_all_needs_a_model_and_says_so_before_any_stage_runs(tmp_path, capsys):
+    assert run_job("pipeline", PipelineConfig, run, ["--out", str(tmp_path), "--no-all"]) == 2
     assert "--no-all trains only --model" in capsys.readouterr().err
+    assert not (tmp_path / "archive").exists(), "synth ran before the bad flags were refused"

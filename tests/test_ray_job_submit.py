@@ -32,7 +32,7 @@ EXCLUDES = [".venv", ".git", "runs", "out", "data", ".whl", ".gl", "**/__pycache
 
 # The pipeline as CI submits it on tiny data; "{out}" becomes an absolute output folder.
 # A parameter so the harness outlives flag changes in jobs/pipeline.py.
-PIPELINE_ENTRYPOINT = "python -m jobs.pipeline --out {out} --num-users 10 --num-posts 30 --train-epochs 1 --no-all"
+PIPELINE_ENTRYPOINT = "python -m jobs.pipeline --out {out} --num-users 10 --num-posts 30 --train-epochs 1 --no-all --model PITF-IC-OD"
 
 JOB_TIMEOUT_S = 240
 PIPELINE_TIMEOUT_S = 480  # the whole pipeline on 2 shared CPU cores

@@ -247,8 +247,9 @@ def resolve_config(cls: type[C], argv: Sequence[str] | None, prog: str, descript
 
 def write_json(path: Path | str, obj: Any) -> None:
     """Write JSON atomically (temp file + rename, or a whole object on an object store: a URI),
-    so a killed job leaves no half file."""
-    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    so a killed job leaves no half file. Strict JSON: an undefined number (NaN, ±inf, e.g. the
+    precision of zero tags written) is written as null, which every JSON reader accepts."""
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default, allow_nan=False) + "\n"
     if uri.is_remote(path):
         uri.write_bytes(path, text.encode())
         return
@@ -257,6 +258,21 @@ def write_json(path: Path | str, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(text)
     tmp.replace(path)
+
+
+def _finite(o: Any) -> Any:
+    """`o` with every non-finite float (Python or numpy) replaced by None, containers copied."""
+    import math
+
+    if isinstance(o, float):
+        return o if math.isfinite(o) else None
+    if isinstance(o, dict):
+        return {k: _finite(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_finite(v) for v in o]
+    if type(o).__module__ == "numpy" and hasattr(o, "tolist"):   # arrays and scalars
+        return _finite(o.tolist())
+    return o
 
 
 def _json_default(o: Any) -> Any:

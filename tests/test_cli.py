@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from jobs._cli import ArchiveArgs, arg, resolve_config, run_job
+from jobs._cli import ArchiveArgs, arg, resolve_config, run_job, write_json
 from jobs.errors import JobError
 
 
@@ -86,3 +86,17 @@ def test_help_lists_every_field(capsys):
     out = capsys.readouterr().out
     for flag in ("--batch-size", "--lr", "--fast", "--names", "--config", "--posts", "--store", "--seed"):
         assert flag in out
+
+
+def test_write_json_is_strict_json_undefined_numbers_become_null(tmp_path):
+    """Reports go to other tools (search indexing, jq): NaN/inf are not JSON, so they are written
+    as null, nested in dicts, lists, numpy scalars and arrays alike."""
+    import numpy as np
+
+    path = tmp_path / "r.json"
+    write_json(path, {"p": float("nan"), "ok": 0.5, "deep": [{"x": np.float32("inf")}, np.array([1.0, np.nan])],
+                      "n": np.int64(3), "f": np.float64(-np.inf)})
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+    assert doc == {"p": None, "ok": 0.5, "deep": [{"x": None}, [1.0, None]], "n": 3, "f": None}

@@ -106,9 +106,10 @@ def load_data(out: str | Path) -> EvalData:
 # --------------------------------------------------------------------------- baselines
 
 
-def _friends(edges: Path, users: IdIndex) -> tuple[np.ndarray, np.ndarray] | None:
-    """Undirected CSR over training-user indices of the social graph; None without an edges file."""
-    if not edges.is_file():
+def _friends(edges: str, users: IdIndex) -> tuple[np.ndarray, np.ndarray] | None:
+    """Undirected CSR over training-user indices of the social graph (a path or URI); None without
+    an edges file (an unreachable one raises, as every read does)."""
+    if not uri.is_file(edges):
         return None
     from jobs.contract import read_edges
 
@@ -130,9 +131,9 @@ def fit_baselines(cfg: EvaluateConfig, d: EvalData) -> tuple[dict[str, Any], tup
     chose: dict[str, Any] = {}
     for name in cfg.baselines:
         if name in SOCIAL_BASELINES:
-            nb = _friends(cfg.edges_path(), users)
+            nb = _friends(cfg.edges_uri(), users)
             if nb is None:
-                log.info("evaluate: leaving out %s: no social graph at %s", name, cfg.edges_path())
+                log.info("evaluate: leaving out %s: no social graph at %s", name, cfg.edges_uri())
                 continue
             fitted[name] = FriendsPopular(len(d.tags), len(users), *nb).fit(u, t, post_index=post)
             continue

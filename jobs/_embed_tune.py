@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,13 +18,21 @@ from models.node2vec.tune import TuneResult, TuneSettings, tune, tune_walks
 log = logging.getLogger("jobs")
 
 
-def file_digest(path: Path) -> str:
-    """sha256 of a file's bytes (the labels a tuned view was chosen by)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _label_bytes(path: str, column: str) -> bytes:
+    """The labels file's bytes (a local path or a URI: `featurestore.uri`); InputError if unreadable."""
+    from featurestore import uri
+
+    try:
+        return uri.read_bytes(path)
+    except uri.UriError as e:
+        if e.reason == "missing":
+            raise InputError(f"labels file {path} does not exist (--labels: Parquet with user_id, {column})") from None
+        raise InputError(f"labels file: {e}") from None
+
+
+def file_digest(path: str, column: str = "label") -> str:
+    """sha256 of the labels file's bytes (the labels a tuned view was chosen by)."""
+    return hashlib.sha256(_label_bytes(path, column)).hexdigest()
 
 
 def read_labels(path: str, column: str, graph: Graph) -> tuple[np.ndarray, dict[str, Any]]:
@@ -38,11 +45,10 @@ def read_labels(path: str, column: str, graph: Graph) -> tuple[np.ndarray, dict[
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    p = Path(path)
-    if not p.is_file():
-        raise InputError(f"labels file {p} does not exist (--labels: Parquet with user_id, {column})")
+    p = path
+    data = pa.BufferReader(_label_bytes(path, column))
     try:
-        schema = pq.ParquetFile(p).schema_arrow
+        schema = pq.ParquetFile(data).schema_arrow
     except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
         raise InputError(f"{p}: not a readable Parquet file ({str(e).splitlines()[0]})") from None
     for col in ("user_id", column):
@@ -54,7 +60,7 @@ def read_labels(path: str, column: str, graph: Graph) -> tuple[np.ndarray, dict[
     lt = schema.field(column).type
     if not (pa.types.is_integer(lt) or pa.types.is_string(lt) or pa.types.is_large_string(lt)):
         raise InputError(f"{p}: column '{column}' must be an integer or a string, found {lt}")
-    table = pq.read_table(p, columns=["user_id", column])
+    table = pq.read_table(data, columns=["user_id", column])
     for col in ("user_id", column):
         nulls = table.column(col).null_count
         if nulls:
@@ -107,7 +113,7 @@ def tune_request(cfg: Any) -> dict[str, Any]:
     req: dict[str, Any] = {"p_grid": [float(v) for v in s.p_grid], "q_grid": [float(v) for v in s.q_grid],
                            "budget": s.budget, "max_nodes": s.max_nodes, "finalists": s.finalists}
     if cfg.labels:
-        req["labels_sha256"] = file_digest(Path(cfg.labels))
+        req["labels_sha256"] = file_digest(cfg.labels, cfg.label_column)
         req["label_column"] = cfg.label_column
     return req
 

@@ -83,7 +83,7 @@ class EmbedUsersConfig(ArchiveArgs, RayArgs):
                             "edges, or with --labels by node classification")
     p_grid: list[float] = arg(list(DEFAULT_GRID), "--tune: values of p to try (comma separated)")
     q_grid: list[float] = arg(list(DEFAULT_GRID), "--tune: values of q to try (comma separated)")
-    labels: str = arg("", "--tune: Parquet of (user_id, label) rows, several per user allowed; scores each "
+    labels: str = arg("", "--tune: Parquet (a path or URI) of (user_id, label) rows, several per user allowed; scores each "
                           "grid point by Macro-F1 of one-vs-rest logistic regression on held-out users")
     label_column: str = arg("label", "--labels: name of the label column (integer or string)")
     tune_budget: float = arg(12.0, "--tune: the search costs about this many full embeddings (grid points "

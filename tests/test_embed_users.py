@@ -307,3 +307,24 @@ def test_killed_tune_run_is_finished_with_its_choice(tmp_path, ray_local):
     assert res["skipped"] is False and (res["p"], res["q"]) == (2.0, 0.5) and res["tune"] == chosen
     info, vecs, found = read_view(cfg, graph.node_ids)
     assert found.all() and info.producer == prod and not np.all(vecs[:5] == 1)
+
+
+def test_labels_read_from_s3_equal_the_local_file(tmp_path, s3_env, s3_server):
+    """--labels takes a URI like every other input: the same matrix and digest as the local file,
+    and a missing key is the same one-line error as a missing path."""
+    from jobs._embed_tune import file_digest, read_labels
+    from jobs.embed_users import read_graph, read_users
+
+    cfg = planted_archive(tmp_path)
+    graph, _ = read_graph(cfg, read_users(cfg))
+    local = community_labels(tmp_path)
+    s3_server.client().create_bucket(Bucket="labels-test")
+    s3_server.client().put_object(Bucket="labels-test", Key="l.parquet", Body=open(local, "rb").read())
+    y_local, rep_local = read_labels(local, "label", graph)
+    y_s3, rep_s3 = read_labels("s3://labels-test/l.parquet", "label", graph)
+    assert np.array_equal(y_local, y_s3) and y_s3.any()
+    assert {k: v for k, v in rep_s3.items() if k != "labels_file"} == \
+        {k: v for k, v in rep_local.items() if k != "labels_file"}
+    assert file_digest("s3://labels-test/l.parquet") == file_digest(local)
+    with pytest.raises(InputError, match="labels file s3://labels-test/nope.parquet does not exist"):
+        read_labels("s3://labels-test/nope.parquet", "label", graph)

@@ -23,6 +23,20 @@ the list. Which works better is measured on validation → test
 as well as any and wrote as many tags; Platt's logistic shape overshot the middle targets;
 per-rank maps and per-post normalised scores did not help. `DEFAULT_METHOD` is that.
 
+**A lower bound, not the mean** (`LOWER_BOUND_Z`). A target P writes the tags above a cut,
+and what it reaches on new posts is their hit rate; read off validation block means that
+rate is optimistic exactly where the decision is made: the top of the isotonic map is the
+best-looking of many suffixes of few pairs (pool-adjacent-violators' top block is a maximum
+of means), so a model whose true rate never reaches P still gets a top block at P on many
+validation draws. Each block is therefore capped at the one-sided Wilson lower bound of the
+validation hit rate of it and every block above it (the "tail": the tags a target at that
+block writes). Where those are thousands of pairs the cap costs nothing; where they are the
+few dozen top pairs the cap decides, and a target the evidence cannot clear writes nothing.
+Bounding each block on its own pairs instead lowers the whole map and wrote far fewer tags
+for the same kept targets; holding validation posts out of early stopping to fit the map
+on (the selection of the epoch was measured to inflate validation hits by less than the
+noise) halves the pairs and wrote fewer still (benchmarks/results/calibration.md).
+
 Everything is JSON-able (`to_json` / `from_json`): a saved model carries its calibrator in
 model.json.
 """
@@ -42,8 +56,8 @@ TARGETS = (0.5, 0.7, 0.9)
 # Validation (score, hit) pairs an isotonic block needs at least (`isotonic_fit`): without it the
 # top block of a handful of sure-looking tags missed P = 0.9 on test (benchmarks/results/calibration.md).
 MIN_BLOCK = 50
-# One-sided z of the lower confidence bound an isotonic block's rate is replaced by
-# (`isotonic_fit`): see the module docstring and benchmarks/results/calibration.md.
+# One-sided z of the Wilson lower bound that caps each isotonic block (`isotonic_fit`, bound
+# "tail"): see the module docstring and benchmarks/results/calibration.md.
 LOWER_BOUND_Z = 1.0
 
 
@@ -51,7 +65,7 @@ LOWER_BOUND_Z = 1.0
 
 
 def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
-                 min_weight: float = 1.0, z: float = 0.0) -> dict[str, list[float]]:
+                 min_weight: float = 1.0, z: float = 0.0, bound: str = "tail") -> dict[str, list[float]]:
     """Pool adjacent violators: the non-decreasing step fit of y on x (least squares), then
     every block lighter than `min_weight` merged into its neighbour (still non-decreasing).
 
@@ -85,7 +99,7 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
         else:
             b += 1
     if z > 0:
-        vals = _lower_bounds(vals, wts, z)
+        vals = _lower_bounds(vals, wts, z, bound)
     kx, ky = [], []
     for v, a, b in zip(vals, lo, hi):
         kx += [a, b] if b > a else [a]
@@ -93,12 +107,25 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
     return {"x": [float(v) for v in kx], "y": [float(v) for v in ky]}
 
 
-def _lower_bounds(vals: list, wts: list, z: float) -> list:
-    """Each block's rate replaced by the lower end of its one-sided Wilson interval at z, then a
-    running minimum from the top block down, so the map stays non-decreasing and no block claims
-    more than its own bound."""
-    low = [wilson(v * n, n, z)[0] for v, n in zip(vals, wts)]
-    return list(np.minimum.accumulate(np.asarray(low)[::-1])[::-1])
+def _lower_bounds(vals: list, wts: list, z: float, bound: str) -> list:
+    """Block rates lowered to a one-sided Wilson lower bound at z, then a running minimum from
+    the top block down (the map stays non-decreasing).
+
+    `tail`: a block's rate is at most the bound of the hit rate of it and every block above
+    it, the validation precision of the tags a target at this block would write; in the
+    bulk of the scores that tail is thousands of pairs and the bound costs nothing, at the
+    sparse top it is the few pairs that decide whether a target is reached. `block`: the
+    bound of the block's own pairs, which lowers every block.
+    """
+    v, n = np.asarray(vals, np.float64), np.asarray(wts, np.float64)
+    if bound == "block":
+        low = np.array([wilson(a * b, b, z)[0] for a, b in zip(v, n)])
+    elif bound == "tail":
+        th, tn = np.cumsum((v * n)[::-1])[::-1], np.cumsum(n[::-1])[::-1]
+        low = np.minimum(v, [wilson(a, b, z)[0] for a, b in zip(th, tn)])
+    else:
+        raise ModelError(f"unknown calibration bound {bound!r}; valid: ['tail', 'block']")
+    return list(np.minimum.accumulate(low[::-1])[::-1])
 
 
 def _merge(vals: list, wts: list, lo: list, hi: list, i: int) -> None:
@@ -149,7 +176,7 @@ class Calibrator:
     per_rank: bool = DEFAULT_METHOD[1]
     maps: list[dict[str, Any]] = field(default_factory=list)  # one, or one per rank
     n_posts: int = 0  # validation posts it was fitted on
-    z: float = LOWER_BOUND_Z  # isotonic: each block's rate is its one-sided Wilson lower bound at z (0: the mean)
+    z: float = LOWER_BOUND_Z  # isotonic: blocks capped at the tail's one-sided Wilson lower bound (0: means)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:

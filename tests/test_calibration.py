@@ -164,7 +164,8 @@ def test_lower_bound_map_keeps_the_target_where_block_means_overclaim():
 
 def test_lower_bound_map_still_writes_the_tags_the_evidence_supports():
     """Planted: the top scores are right up to 0.9 of the time; the lower-bound map writes them at
-    P = 0.5 and 0.7, every draw reaching the target, and most of what block means write."""
+    P = 0.5 and 0.7, every draw reaching the target, and nearly all that block means write (the
+    tags above the cut are thousands of pairs: their bound is close to their rate)."""
     for seed in range(5):
         for target in (0.5, 0.7):
             got = {z: _true_precision_at(z, seed, target, top=0.9, slope=1.0) for z in (0.0, LOWER_BOUND_Z)}
@@ -173,7 +174,21 @@ def test_lower_bound_map_still_writes_the_tags_the_evidence_supports():
     hits = np.random.default_rng(1).random(len(s)) < p
     written = {z: keep_at(Calibrator("isotonic", False, z=z).fit(s[:, None], hits[:, None]).predict(s[:, None]),
                           0.5).sum() for z in (0.0, LOWER_BOUND_Z)}
-    assert 0.6 * written[0.0] <= written[LOWER_BOUND_Z] < written[0.0], written
+    assert written[LOWER_BOUND_Z] >= 0.9 * written[0.0], written
+
+
+def test_tail_bound_lowers_only_where_the_tags_above_are_few():
+    """The tail bound caps a block at the lower bound of the hit rate of it and all blocks above:
+    the bulk keeps its means, the thin top is lowered; the block bound lowers every block."""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.random(20_000), 2 + rng.random(60)])    # a bulk, then 60 top scores
+    y = np.concatenate([rng.random(20_000) < 0.3, rng.random(60) < 0.8]).astype(float)
+    means, tail, block = (isotonic_predict(isotonic_fit(x, y, min_weight=50, z=z, bound=b), [0.5, 2.5])
+                          for z, b in ((0.0, "tail"), (1.0, "tail"), (1.0, "block")))
+    assert tail[0] == pytest.approx(means[0]) and block[0] < means[0] - 0.003  # bulk: 20,000 pairs
+    assert tail[1] < means[1] - 0.04 and tail[1] == pytest.approx(block[1])   # top: 60 pairs
+    with pytest.raises(ModelError, match="unknown calibration bound 'x'"):
+        isotonic_fit(x, y, z=1.0, bound="x")
 
 
 def test_lower_bound_z_is_saved_and_checked():

@@ -61,12 +61,12 @@ def train_sgd(name: str, train, val, seed: int):
     return m
 
 
-def lists(train, val, test, seed: int) -> dict[str, tuple]:
-    """name -> (val scores, val hits, test scores, test hits)."""
+def lists(train, val, test, seed: int, models: tuple[str, ...] = ("PITF", "FM")) -> dict[str, tuple]:
+    """name -> (val scores, val hits, test scores, test hits) of `models` and user-item-popular."""
     from models.baselines import PopularityMix, tune_alpha
 
     out = {}
-    for name in ("PITF", "FM"):
+    for name in models:
         m = train_sgd(name, train, val, seed)
         (tv, sv), (tt, st) = scored(m, val), scored(m, test)
         out[name] = (sv, hits_matrix(tv, val.indptr, val.indices), st, hits_matrix(tt, test.indptr, test.indices))

@@ -68,7 +68,9 @@ def report(lists: dict[str, Lists], test_indptr: np.ndarray, test_indices: np.nd
 
 
 def markdown(rep: dict[str, dict], order: list[str], targets: tuple[float, ...] = TARGETS) -> str:
-    """| model | P = 0.5: precision reached (tags/post, verdict) | ... |, rows in `order`."""
+    """| model | P = 0.5: precision reached (tags/post, verdict) | ... |, rows in `order`; below
+    P - MISS_TOLERANCE the cell shows the 95% interval of the tags written, and **MISSED** when
+    all of it lies below P."""
     head = "| model | " + " | ".join(f"P ≥ {t:g}: precision reached, tags/post" for t in targets) + " |"
     lines = [head, "|---|" + "---:|" * len(targets)]
     for name in [n for n in order if n in rep]:
@@ -79,6 +81,7 @@ def markdown(rep: dict[str, dict], order: list[str], targets: tuple[float, ...] 
                 cells.append("– (0 tags)")
                 continue
             mark = {"yes": "", "within noise": " (few tags)", "no": " **MISSED**"}[r["target_kept"]]
-            cells.append(f"{r['precision']:.3f}, {r['tags_per_post']:.2f}{mark}")
+            ci = "" if r["target_kept"] == "yes" else " [{:.3f}, {:.3f}]".format(*r["ci95"])
+            cells.append(f"{r['precision']:.3f}{ci}, {r['tags_per_post']:.2f}{mark}")
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

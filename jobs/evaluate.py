@@ -39,7 +39,7 @@ from models.baselines import (
     get_baseline,
     tune_alpha,
 )
-from models.calibration import TARGETS
+from models.calibration import MISS_TOLERANCE, TARGETS
 from models.csr import indptr_of, take_rows
 from models.metrics import METRICS, metrics_at_k
 from models.recsys.data import IdIndex, index_of
@@ -259,7 +259,10 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     if backfill:
         md += ["## Backfill at a precision target", "",
                "Tags whose calibrated probability meets the target P (what `jobs.score --min-precision P` "
-               "writes): the precision they reach on the test split and the tags written per post.", "",
+               "writes): the precision they reach on the test split and the tags written per post. "
+               f"More than {MISS_TOLERANCE:g} below P, the cell gives the 95% interval of that precision "
+               "over the tags written: **MISSED** when the whole interval lies below P (a miss the "
+               "number of tags does not explain), '(few tags)' when it still reaches P.", "",
                backfill_markdown(backfill, order, targets), ""]
     uri.write_bytes(uri.join(out, "evaluation.md"), "\n".join(md).encode())
     outputs = [uri.join(out, "evaluation.json"), uri.join(out, "evaluation.md")]

@@ -23,6 +23,20 @@ the list. Which works better is measured on validation → test
 as well as any and wrote as many tags; Platt's logistic shape overshot the middle targets;
 per-rank maps and per-post normalised scores did not help. `DEFAULT_METHOD` is that.
 
+**A lower bound, not the mean** (`LOWER_BOUND_Z`). A target P writes the tags above a cut,
+and what it reaches on new posts is their hit rate; read off validation block means that
+rate is optimistic exactly where the decision is made: the top of the isotonic map is the
+best-looking of many suffixes of few pairs (pool-adjacent-violators' top block is a maximum
+of means), so a model whose true rate never reaches P still gets a top block at P on many
+validation draws. Each block is therefore capped at the one-sided Wilson lower bound of the
+validation hit rate of it and every block above it (the "tail": the tags a target at that
+block writes). Where those are thousands of pairs the cap costs nothing; where they are the
+few dozen top pairs the cap decides, and a target the evidence cannot clear writes nothing.
+Bounding each block on its own pairs instead lowers the whole map and wrote far fewer tags
+for the same kept targets; holding validation posts out of early stopping to fit the map
+on (the selection of the epoch was measured to inflate validation hits by less than the
+noise) halves the pairs and wrote fewer still (benchmarks/results/calibration.md).
+
 Everything is JSON-able (`to_json` / `from_json`): a saved model carries its calibrator in
 model.json.
 """
@@ -42,13 +56,16 @@ TARGETS = (0.5, 0.7, 0.9)
 # Validation (score, hit) pairs an isotonic block needs at least (`isotonic_fit`): without it the
 # top block of a handful of sure-looking tags missed P = 0.9 on test (benchmarks/results/calibration.md).
 MIN_BLOCK = 50
+# One-sided z of the Wilson lower bound that caps each isotonic block (`isotonic_fit`, bound
+# "tail"): see the module docstring and benchmarks/results/calibration.md.
+LOWER_BOUND_Z = 1.0
 
 
 # --------------------------------------------------------------------------- the two maps
 
 
 def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
-                 min_weight: float = 1.0) -> dict[str, list[float]]:
+                 min_weight: float = 1.0, z: float = 0.0, bound: str = "tail") -> dict[str, list[float]]:
     """Pool adjacent violators: the non-decreasing step fit of y on x (least squares), then
     every block lighter than `min_weight` merged into its neighbour (still non-decreasing).
 
@@ -81,11 +98,34 @@ def isotonic_fit(x: np.ndarray, y: np.ndarray, w: np.ndarray | None = None,
             b = max(b - 1, 0)
         else:
             b += 1
+    if z > 0:
+        vals = _lower_bounds(vals, wts, z, bound)
     kx, ky = [], []
     for v, a, b in zip(vals, lo, hi):
         kx += [a, b] if b > a else [a]
         ky += [v, v] if b > a else [v]
     return {"x": [float(v) for v in kx], "y": [float(v) for v in ky]}
+
+
+def _lower_bounds(vals: list, wts: list, z: float, bound: str) -> list:
+    """Block rates lowered to a one-sided Wilson lower bound at z, then a running minimum from
+    the top block down (the map stays non-decreasing).
+
+    `tail`: a block's rate is at most the bound of the hit rate of it and every block above
+    it, the validation precision of the tags a target at this block would write; in the
+    bulk of the scores that tail is thousands of pairs and the bound costs nothing, at the
+    sparse top it is the few pairs that decide whether a target is reached. `block`: the
+    bound of the block's own pairs, which lowers every block.
+    """
+    v, n = np.asarray(vals, np.float64), np.asarray(wts, np.float64)
+    if bound == "block":
+        low = np.array([wilson(a * b, b, z)[0] for a, b in zip(v, n)])
+    elif bound == "tail":
+        th, tn = np.cumsum((v * n)[::-1])[::-1], np.cumsum(n[::-1])[::-1]
+        low = np.minimum(v, [wilson(a, b, z)[0] for a, b in zip(th, tn)])
+    else:
+        raise ModelError(f"unknown calibration bound {bound!r}; valid: ['tail', 'block']")
+    return list(np.minimum.accumulate(low[::-1])[::-1])
 
 
 def _merge(vals: list, wts: list, lo: list, hi: list, i: int) -> None:
@@ -136,10 +176,13 @@ class Calibrator:
     per_rank: bool = DEFAULT_METHOD[1]
     maps: list[dict[str, Any]] = field(default_factory=list)  # one, or one per rank
     n_posts: int = 0  # validation posts it was fitted on
+    z: float = LOWER_BOUND_Z  # isotonic: blocks capped at the tail's one-sided Wilson lower bound (0: means)
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
             raise ModelError(f"unknown calibration method {self.method!r}; valid: {list(METHODS)}")
+        if not self.z >= 0:
+            raise ModelError(f"calibration lower-bound z must be >= 0 (0: block means), got {self.z}")
 
     def fit(self, scores: np.ndarray, hits: np.ndarray) -> Calibrator:
         """scores, hits (n, k): each post's top-k scores, best first, and whether each is right.
@@ -150,7 +193,9 @@ class Calibrator:
         if scores.shape != hits.shape or scores.ndim != 2:
             raise ModelError(f"calibration: scores {scores.shape} and hits {hits.shape} must be the same (n, k)")
         def fit(x: np.ndarray, y: np.ndarray) -> dict[str, Any]:
-            return isotonic_fit(x, y, min_weight=MIN_BLOCK) if self.method == "isotonic" else platt_fit(x, y)
+            if self.method == "isotonic":
+                return isotonic_fit(x, y, min_weight=MIN_BLOCK, z=self.z)
+            return platt_fit(x, y)
 
         cols = [np.arange(scores.shape[1])] if not self.per_rank else [[r] for r in range(scores.shape[1])]
         self.maps = []
@@ -178,12 +223,15 @@ class Calibrator:
         return np.minimum.accumulate(np.clip(out, 0.0, 1.0), axis=1)
 
     def to_json(self) -> dict[str, Any]:
-        return {"method": self.method, "per_rank": self.per_rank, "maps": self.maps, "n_posts": self.n_posts}
+        return {"method": self.method, "per_rank": self.per_rank, "maps": self.maps, "n_posts": self.n_posts,
+                "z": self.z}
 
     @classmethod
     def from_json(cls, doc: dict[str, Any]) -> Calibrator:
         try:
-            return cls(doc["method"], bool(doc["per_rank"]), list(doc["maps"]), int(doc.get("n_posts", 0)))
+            # a record without "z" was fitted on block means
+            return cls(doc["method"], bool(doc["per_rank"]), list(doc["maps"]), int(doc.get("n_posts", 0)),
+                       float(doc.get("z", 0.0)))
         except (KeyError, TypeError) as e:
             raise ModelError(f"bad calibration record in model.json ({e}); retrain or re-calibrate the model") from None
 
@@ -215,8 +263,9 @@ def precision_coverage(probabilities: np.ndarray, hits: np.ndarray,
     """Per target P: precision reached (right tags / tags written) with its 95% interval,
     tags written (in all and per post), the share of posts that get at least one tag, and
     whether the target was kept: "yes" (reached >= P - MISS_TOLERANCE), "within noise"
-    (below that, but the interval reaches it: too few tags to tell), "no", or "nothing
-    written" (no tag met the target; precision NaN)."""
+    (below that, but the binomial interval of the tags written still reaches P: too few tags
+    to tell), "no" (below P - MISS_TOLERANCE and the whole interval below P: a real miss), or
+    "nothing written" (no tag met the target; precision NaN)."""
     out = {}
     hits = np.asarray(hits, bool)
     n = max(len(hits), 1)
@@ -226,7 +275,7 @@ def precision_coverage(probabilities: np.ndarray, hits: np.ndarray,
         prec = right / written if written else float("nan")
         lo, hi = wilson(right, written)
         kept = ("nothing written" if not written else "yes" if prec >= t - MISS_TOLERANCE
-                else "within noise" if hi >= t - MISS_TOLERANCE else "no")
+                else "within noise" if hi >= t else "no")
         out[f"{t:g}"] = {"precision": prec, "ci95": [lo, hi], "tags_written": written, "tags_per_post": written / n,
                          "posts_with_tags": float(keep.any(1).sum() / n), "target_kept": kept}
     return out

@@ -9,6 +9,8 @@ import pytest
 from scipy.optimize import isotonic_regression
 
 from models.calibration import (
+    LOWER_BOUND_Z,
+    MISS_TOLERANCE,
     Calibrator,
     calibration_error,
     isotonic_fit,
@@ -72,7 +74,8 @@ def test_per_rank_calibration_sees_what_the_score_hides():
     s_test, h_test = _lists(rng, 4000, rank_effect=0.4)
     gap = {}
     for pr in (False, True):
-        probs = Calibrator("isotonic", pr).fit(s_val, h_val).predict(s_test)
+        # block means (z = 0): the mean gap measures calibration, which a lower bound biases down
+        probs = Calibrator("isotonic", pr, z=0.0).fit(s_val, h_val).predict(s_test)
         gap[pr] = np.abs(probs.mean(0) - h_test.mean(0)).max()  # the worst rank's mean gap
     assert gap[True] < 0.03 and gap[False] > gap[True] + 0.03, gap
 
@@ -128,3 +131,88 @@ def test_light_blocks_merge_so_a_few_lucky_top_scores_do_not_claim_certainty():
     assert np.all(np.diff(isotonic_predict(fit, np.linspace(-4, 6, 300))) >= 0)
     one = isotonic_fit(x[:30], y[:30], min_weight=50)                      # fewer samples than a block
     assert np.allclose(isotonic_predict(one, x[:30]), y[:30].mean())
+
+
+def _planted(seed: int, n: int = 8000, top: float = 0.47, slope: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
+    """n (score, true hit rate) pairs: the rate rises with the score (logistic, `slope`) to `top`
+    at score 3 and stays there: no tag is right as often as 0.5."""
+    s = np.random.default_rng(seed).normal(size=n)
+    logit = np.log(top / (1 - top)) + slope * (np.minimum(s, 3) - 3)
+    return s, 1 / (1 + np.exp(-logit))
+
+
+def _true_precision_at(z: float, seed: int, target: float = 0.5, **planted) -> float:
+    """The planted hit rate of the test tags a map fitted on sampled validation hits keeps at
+    `target` (NaN: it keeps none)."""
+    s_val, p_val = _planted(2 * seed, **planted)
+    hits = np.random.default_rng(2 * seed + 1).random(len(s_val)) < p_val
+    cal = Calibrator("isotonic", False, z=z).fit(s_val[:, None], hits[:, None])
+    s_test, p_test = _planted(10_000 + seed, **planted)
+    keep = keep_at(cal.predict(s_test[:, None]), target)[:, 0]
+    return float(p_test[keep].mean()) if keep.any() else float("nan")
+
+
+def test_lower_bound_map_keeps_the_target_where_block_means_overclaim():
+    """Planted miscalibration: every tag's true hit rate is below 0.5. A map on isotonic block
+    means reads 0.5 off its luckiest top block on many validation draws and writes tags that are
+    right less than 0.47 of the time; the lower-bound map (the default) almost never does."""
+    reached = {z: [_true_precision_at(z, seed) for seed in range(30)] for z in (0.0, LOWER_BOUND_Z)}
+    misses = {z: sum(p == p and p < 0.5 - MISS_TOLERANCE for p in v) for z, v in reached.items()}
+    assert misses[0.0] >= 6, misses
+    assert misses[LOWER_BOUND_Z] <= misses[0.0] // 4, misses
+
+
+def test_lower_bound_map_still_writes_the_tags_the_evidence_supports():
+    """Planted: the top scores are right up to 0.9 of the time; the lower-bound map writes them at
+    P = 0.5 and 0.7, every draw reaching the target, and nearly all that block means write (the
+    tags above the cut are thousands of pairs: their bound is close to their rate)."""
+    for seed in range(5):
+        for target in (0.5, 0.7):
+            got = {z: _true_precision_at(z, seed, target, top=0.9, slope=1.0) for z in (0.0, LOWER_BOUND_Z)}
+            assert got[LOWER_BOUND_Z] >= target, (seed, target, got)
+    s, p = _planted(0, top=0.9, slope=1.0)
+    hits = np.random.default_rng(1).random(len(s)) < p
+    written = {z: keep_at(Calibrator("isotonic", False, z=z).fit(s[:, None], hits[:, None]).predict(s[:, None]),
+                          0.5).sum() for z in (0.0, LOWER_BOUND_Z)}
+    assert written[LOWER_BOUND_Z] >= 0.9 * written[0.0], written
+
+
+def test_tail_bound_lowers_only_where_the_tags_above_are_few():
+    """The tail bound caps a block at the lower bound of the hit rate of it and all blocks above:
+    the bulk keeps its means, the thin top is lowered; the block bound lowers every block."""
+    rng = np.random.default_rng(6)
+    x = np.concatenate([rng.random(20_000), 2 + rng.random(60)])    # a bulk, then 60 top scores
+    y = np.concatenate([rng.random(20_000) < 0.3, rng.random(60) < 0.8]).astype(float)
+    means, tail, block = (isotonic_predict(isotonic_fit(x, y, min_weight=50, z=z, bound=b), [0.5, 2.5])
+                          for z, b in ((0.0, "tail"), (1.0, "tail"), (1.0, "block")))
+    assert tail[0] == pytest.approx(means[0]) and block[0] < means[0] - 0.003  # bulk: 20,000 pairs
+    assert tail[1] < means[1] - 0.04 and tail[1] == pytest.approx(block[1])   # top: 60 pairs
+    with pytest.raises(ModelError, match="unknown calibration bound 'x'"):
+        isotonic_fit(x, y, z=1.0, bound="x")
+
+
+def test_lower_bound_z_is_saved_and_checked():
+    rng = np.random.default_rng(5)
+    s, h = _lists(rng, 300)
+    cal = Calibrator(z=LOWER_BOUND_Z).fit(s, h)
+    back = Calibrator.from_json(json.loads(json.dumps(cal.to_json())))
+    assert back.z == LOWER_BOUND_Z
+    np.testing.assert_array_equal(back.predict(s), cal.predict(s))
+    legacy = {k: v for k, v in cal.to_json().items() if k != "z"}  # a record fitted on block means
+    assert Calibrator.from_json(legacy).z == 0.0
+    assert np.all(Calibrator(z=0.0).fit(s, h).predict(s) >= cal.predict(s))  # the bound only lowers
+    with pytest.raises(ModelError, match="z must be >= 0"):
+        Calibrator(z=-1.0)
+
+
+def test_verdict_flags_a_miss_beyond_the_binomial_interval_and_not_noise():
+    def verdict(right: int, written: int, target: float = 0.5) -> str:
+        probs = np.full((written, 1), target)
+        hits = (np.arange(written) < right)[:, None]
+        return precision_coverage(probs, hits, targets=(target,))[f"{target:g}"]["target_kept"]
+
+    # 175 of 405 (0.432): a 7-point shortfall whose whole 95% interval lies below 0.5
+    assert verdict(175, 405) == "no"
+    assert verdict(8, 20) == "within noise"      # 0.40 on 20 tags: the interval reaches 0.5
+    assert verdict(970, 2000) == "yes"           # 0.485: within MISS_TOLERANCE of the target
+    assert verdict(930, 2000) == "no"            # 0.465 on 2000 tags: beyond both

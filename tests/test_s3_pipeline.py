@@ -237,3 +237,28 @@ def test_pipeline_on_an_s3_archive_equals_the_pipeline_on_local_files(archive, s
         assert secret not in f.read_text() and key_id not in f.read_text(), f
     evaluation = json.loads(s3_server.objects("pipeline-out", "run/reports/")["run/reports/evaluation.json"])
     assert evaluation == json.loads((local / "evaluation.json").read_text())
+
+
+@pytest.mark.parametrize("posts,needle", [
+    ("gs://gcs-archive/a/nope.parquet", "posts file gs://gcs-archive/a/nope.parquet does not exist"),
+    ("gs://no-such-archive/posts.parquet", "bucket 'no-such-archive' of gs://no-such-archive/posts.parquet does not exist"),
+    ("gs://gcs-archive/a/posts.parquet", "cannot reach the GCS endpoint http://127.0.0.1:"),
+])
+def test_bad_gcs_archive_uris_are_one_line_exit_2_and_write_nothing(gcs_env, gcs_server, tmp_path, capsys,
+                                                                    monkeypatch, posts, needle):
+    from _s3 import free_port
+
+    from jobs.prepare import PrepareConfig
+    from jobs.prepare import run as prepare
+
+    gcs_server.create_bucket("gcs-archive")
+    if "cannot reach" in needle:
+        gcs_env(endpoint=f"http://127.0.0.1:{free_port()}")        # nothing listens there
+        monkeypatch.setenv("TAGREC_IO_ATTEMPTS", "2")
+    out = tmp_path / "run"
+    assert run_job("prepare", PrepareConfig, prepare, ["--posts", posts, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: prepare:") and needle in err
+    if "cannot reach" in needle:
+        assert "STORAGE_EMULATOR_HOST" in err and "gave up after 2 attempts" in err
+    assert not (out / "split").exists()

@@ -1,5 +1,6 @@
-"""featurestore.uri against local files and a real S3-compatible server (moto) on 127.0.0.1,
-with a real HTTP proxy in front of it for reads that fail."""
+"""featurestore.uri against local files, a real S3-compatible server (moto) and a real GCS
+emulator (gcp-storage-emulator) on 127.0.0.1, with a real HTTP proxy in front of them for reads
+that fail."""
 
 from __future__ import annotations
 
@@ -124,7 +125,7 @@ def test_s3_endpoint_comes_from_the_standard_variables(s3_env, s3_server, bucket
     uri.clear_cache()
     with pytest.raises(UriError, match=r"cannot reach the S3 endpoint http://127.0.0.1:1 .*AWS_ENDPOINT_URL") as e:
         uri.read_bytes(f"s3://{bucket}/a/x.bin")
-    assert e.value.reason == "unreachable" and "gave up after 2 attempts" in str(e.value)
+    assert e.value.reason == "unreachable"
 
 
 def test_s3_errors_are_one_clear_line(s3_env, s3_server, bucket):
@@ -180,13 +181,13 @@ def test_gcs_endpoint_comes_from_storage_emulator_host(gcs_env, gcs_server, monk
     assert uri.read_bytes("gcs://uri-gcs/k.bin") == b"via the emulator"      # the other spelling
     # a cached client follows a change of the variable once the cache is cleared
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", "http://127.0.0.1:1")
-    monkeypatch.setenv("TAGREC_IO_ATTEMPTS", "2")
+    monkeypatch.setenv("TAGREC_IO_ATTEMPTS", "1")
     uri.clear_cache()
     with pytest.raises(UriError, match=r"cannot reach the GCS endpoint http://127.0.0.1:1 to read gs://uri-gcs/k.bin "
                                        r"\(UNAVAILABLE: .*Could not connect.*\); check the endpoint "
                                        r"\(STORAGE_EMULATOR_HOST") as e:
         uri.read_bytes("gs://uri-gcs/k.bin")
-    assert e.value.reason == "unreachable" and "gave up after 2 attempts" in str(e.value)
+    assert e.value.reason == "unreachable"
     assert "\n" not in str(e.value) and "error_info" not in str(e.value)      # Google's status, shortened
 
 

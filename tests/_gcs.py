@@ -140,8 +140,9 @@ def stop_gcs(server: GcsServer) -> None:
 class ProxyProcess:
     """_s3.FaultProxy in a process of its own, driven over HTTP, with FaultProxy's calls.
 
-    Needed in front of GCS: pyarrow's GCS files hold the GIL in some calls while they wait for the
-    server, so a proxy thread in the test's own process could never answer them.
+    Needed in front of GCS: a proxy thread in the test's own process is not served while pyarrow's
+    GCS client waits on it (reads through it stall until the client's timeout, as if the GIL were
+    held meanwhile); in a process of its own it answers at once.
     """
 
     def __init__(self, upstream: str, log: Path) -> None:

@@ -189,6 +189,9 @@ def test_gcs_endpoint_comes_from_storage_emulator_host(gcs_env, gcs_server, monk
         uri.read_bytes("gs://uri-gcs/k.bin")
     assert e.value.reason == "unreachable"
     assert "\n" not in str(e.value) and "error_info" not in str(e.value)      # Google's status, shortened
+    monkeypatch.setenv("TAGREC_GCS_RETRY_S", "soon")
+    with pytest.raises(UriError, match="TAGREC_GCS_RETRY_S must be a whole number of seconds"):
+        uri.read_bytes("gs://uri-gcs/k.bin")
 
 
 def test_gcs_unreachable_endpoint_fails_in_bounded_time_with_one_line(tmp_path):
@@ -197,8 +200,10 @@ def test_gcs_unreachable_endpoint_fails_in_bounded_time_with_one_line(tmp_path):
     from _gcs import GCS_VARS
     from _s3 import free_port
 
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = {k: v for k, v in os.environ.items() if k not in GCS_VARS and not k.startswith("TAGREC_")}
-    env.update({"STORAGE_EMULATOR_HOST": f"127.0.0.1:{free_port()}", "TAGREC_IO_ATTEMPTS": "1"})
+    env.update({"STORAGE_EMULATOR_HOST": f"127.0.0.1:{free_port()}", "TAGREC_IO_ATTEMPTS": "1",
+                "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))})
     code = ("from featurestore import uri\n"
             "try:\n    uri.read_bytes('gs://archive/posts.parquet')\n"
             "except uri.UriError as e:\n    print(e.reason, '|', e)\n")

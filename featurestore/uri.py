@@ -11,20 +11,27 @@ AWS_SECRET_ACCESS_KEY / AWS_SESSION_TOKEN, AWS_PROFILE and ~/.aws/{credentials,c
 instance profile); they are never passed, logged or written by this project, and a URI carrying
 them (`s3://key:secret@bucket`) is refused. The endpoint comes from AWS_ENDPOINT_URL_S3, else
 AWS_ENDPOINT_URL (what boto3 and the AWS CLI honour; pyarrow does not read them, so they are passed
-explicitly), the region from AWS_REGION / AWS_DEFAULT_REGION, else the bucket's own. GCS: the
-default Google credentials (GOOGLE_APPLICATION_CREDENTIALS, the metadata server).
+explicitly), the region from AWS_REGION / AWS_DEFAULT_REGION, else the bucket's own.
+
+GCS: with STORAGE_EMULATOR_HOST set (`http://127.0.0.1:9023`, or `host:port` meaning http; the
+variable Google's client libraries honour), that endpoint, anonymously, as for an emulator;
+otherwise Google Cloud Storage with the default Google credentials (GOOGLE_APPLICATION_CREDENTIALS,
+gcloud's application-default login, the metadata server), read by the Google client itself.
 
 Every failure is a `UriError` with one line naming the URI, what went wrong and the fix, and a
 `reason`: missing (no such key or file), no-bucket, denied, unreachable (endpoint down: retried
 first), failed (a transient error that outlasted the retries), invalid (a bad URI). Transient
 errors (connection refused or reset, timeouts, 5xx, throttling) are retried with exponential
-backoff and jitter: the SDK's own retries are a few tens of milliseconds apart and absorb a blip;
-these are seconds apart and ride out a throttling burst or a restarting endpoint.
+backoff and jitter: the SDK's own retries are short (S3: three attempts a few tens of milliseconds
+apart; GCS: TAGREC_GCS_RETRY_S seconds of the Google client's retries, without which it would keep
+retrying an unreachable endpoint for many minutes) and absorb a blip; these are seconds apart and
+ride out a throttling burst or a restarting endpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
+import datetime
 import logging
 import os
 import posixpath
@@ -72,6 +79,14 @@ def retry_policy() -> tuple[int, float]:
     return attempts, backoff
 
 
+def gcs_retry_s() -> int:
+    """Seconds the Google client retries one GCS request (TAGREC_GCS_RETRY_S, whole seconds >= 1)."""
+    try:
+        return max(1, int(os.environ.get("TAGREC_GCS_RETRY_S", "2")))
+    except ValueError:
+        raise UriError("TAGREC_GCS_RETRY_S must be a whole number of seconds", "invalid") from None
+
+
 MAX_BACKOFF_S = 20.0
 RETRIED = ("unreachable", "failed")    # reasons worth another attempt
 
@@ -98,18 +113,27 @@ def with_retries(what: str, uri: str, fn: Callable[[], T]) -> T:
     raise AssertionError("unreachable")
 
 
+_GOOGLE_STATUS = re.compile(r"google::cloud::Status\((\w+): (.*?)(?: error_info=\{|\)\. Detail:|\)$)")
+
+
 def _first_line(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [type(e).__name__])[0]
+    """The error's first line; a Google client status shortened to its code and last message."""
+    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    m = _GOOGLE_STATUS.search(line)
+    return f"{m.group(1)}: {m.group(2)}" if m else line
 
 
 _DENIED = ("ACCESS_DENIED", "AccessDenied", "Forbidden", "INVALID_ACCESS_KEY_ID", "SIGNATURE_DOES_NOT_MATCH",
-           "HTTP response code: 403", "PERMISSION_DENIED")
+           "HTTP response code: 403", "PERMISSION_DENIED", "UNAUTHENTICATED")
 _NO_BUCKET = ("NO_SUCH_BUCKET", "NoSuchBucket", "Bucket does not exist", "bucket does not exist")
+# Google's UNAVAILABLE also ends a run of 5xx/429 answers: only the curl errors say the endpoint is down.
 _UNREACHABLE = ("NETWORK_CONNECTION", "Could not connect", "Couldn't connect", "Connection refused",
-                "Could not resolve host", "curlCode: 7", "curlCode: 6", "curlCode: 28", "UNAVAILABLE")
+                "Could not resolve host", "curlCode: 7", "curlCode: 6", "curlCode: 28", "CURL error [7]",
+                "CURL error [6]", "CURL error [28]")
 _TRANSIENT = ("SLOW_DOWN", "SlowDown", "SERVICE_UNAVAILABLE", "ServiceUnavailable", "INTERNAL_FAILURE",
               "InternalError", "THROTTLING", "Throttling", "REQUEST_TIMEOUT", "RequestTimeout", "curlCode",
-              "Connection reset", "timed out", "Timeout", "DEADLINE_EXCEEDED")
+              "Connection reset", "timed out", "Timeout", "DEADLINE_EXCEEDED", "UNAVAILABLE", "RESOURCE_EXHAUSTED",
+              "CURL error")
 _TRANSIENT_STATUS = re.compile(r"HTTP (?:status|response code):? (?:5\d\d|429)")
 
 
@@ -123,20 +147,27 @@ def classify(e: BaseException, uri: str, what: str = "read") -> UriError:
     if any(s in msg for s in _NO_BUCKET):
         return _no_bucket(uri)
     if isinstance(e, PermissionError) or any(s in msg for s in _DENIED):
-        fix = ("check that the credentials (AWS_ACCESS_KEY_ID / AWS_PROFILE / the instance profile) may "
-               f"{'write' if what == 'write' else 'read'} it and that its bucket exists"
-               if _scheme(uri) == "s3" else "check its permissions")
+        scheme = _scheme(uri)
+        who = _CREDENTIALS.get("gs" if scheme == "gcs" else scheme)
+        fix = (f"check that the credentials ({who}) may {'write' if what == 'write' else 'read'} it and that "
+               "its bucket exists" if who else "check its permissions")
         return UriError(f"access denied to {uri} ({msg}); {fix}", "denied", uri)
     if any(s in msg for s in _UNREACHABLE):
         where = endpoint_description(uri)
-        return UriError(f"cannot reach {where} to {what} {uri} ({msg}); check the endpoint "
-                        "(AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL) and the network", "unreachable", uri)
+        variables = ("STORAGE_EMULATOR_HOST, unset for Google Cloud Storage itself"
+                     if _scheme(uri) in ("gs", "gcs") else "AWS_ENDPOINT_URL_S3 / AWS_ENDPOINT_URL")
+        return UriError(f"cannot reach {where} to {what} {uri} ({msg}); check the endpoint ({variables}) and "
+                        "the network", "unreachable", uri)
     if (any(s in msg for s in _TRANSIENT) or _TRANSIENT_STATUS.search(msg)
             or (isinstance(e, OSError) and e.errno in (5, 110, 104))):
         return UriError(f"{what} {uri} failed: {msg}", "failed", uri)
     if isinstance(e, IsADirectoryError):
         return UriError(f"{uri} is a folder, not a file", "invalid", uri)
     return UriError(f"{what} {uri} failed: {msg}", "invalid", uri)
+
+
+_CREDENTIALS = {"s3": "AWS_ACCESS_KEY_ID / AWS_PROFILE / the instance profile",
+                "gs": "GOOGLE_APPLICATION_CREDENTIALS / the metadata server's service account"}
 
 
 def _no_bucket(uri: str) -> UriError:
@@ -190,12 +221,24 @@ def s3_endpoint() -> str:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or ""
 
 
+def gcs_endpoint() -> str:
+    """The GCS endpoint from STORAGE_EMULATOR_HOST ("" for Google Cloud Storage itself)."""
+    return os.environ.get("STORAGE_EMULATOR_HOST", "").strip()
+
+
+def _endpoint_parts(endpoint: str, default_scheme: str) -> tuple[str, str]:
+    """("http", "host:port") of an endpoint URL; `default_scheme` when it names no scheme."""
+    m = re.match(r"^(https?)://([^/]+)", endpoint)
+    return (m.group(1), m.group(2)) if m else (default_scheme, endpoint.split("/", 1)[0])
+
+
 def endpoint_description(uri: str) -> str:
     scheme = _scheme(uri)
     if scheme == "s3":
         return f"the S3 endpoint {s3_endpoint() or '(AWS default)'}"
     if scheme in ("gs", "gcs"):
-        return "Google Cloud Storage"
+        endpoint = gcs_endpoint()
+        return f"the GCS endpoint {endpoint}" if endpoint else "Google Cloud Storage"
     return "the file system"
 
 
@@ -214,8 +257,7 @@ def _s3(bucket: str) -> pafs.FileSystem:
             return _CACHE[key]
     kw: dict[str, Any] = {"retry_strategy": pafs.AwsStandardS3RetryStrategy(max_attempts=3)}
     if endpoint:
-        m = re.match(r"^(https?)://([^/]+)", endpoint)
-        kw["scheme"], kw["endpoint_override"] = (m.group(1), m.group(2)) if m else ("https", endpoint)
+        kw["scheme"], kw["endpoint_override"] = _endpoint_parts(endpoint, "https")
         region = region or "us-east-1"          # an S3-compatible server: any region signs
     if not region:
         try:
@@ -230,16 +272,25 @@ def _s3(bucket: str) -> pafs.FileSystem:
 
 
 def clear_cache() -> None:
-    """Forget the cached filesystems (after changing the endpoint or region variables)."""
+    """Forget the cached filesystems, S3 and GCS (after changing endpoint, region or credential variables)."""
     with _LOCK:
         _CACHE.clear()
 
 
 def _gcs() -> pafs.FileSystem:
+    endpoint = gcs_endpoint()
+    retry_s = gcs_retry_s()
+    key = ("gs", endpoint, os.environ.get("GOOGLE_APPLICATION_CREDENTIALS", ""), retry_s)
     with _LOCK:
-        if ("gs",) not in _CACHE:
-            _CACHE[("gs",)] = pafs.GcsFileSystem()
-        return _CACHE[("gs",)]
+        if key in _CACHE:
+            return _CACHE[key]
+    kw: dict[str, Any] = {"retry_time_limit": datetime.timedelta(seconds=retry_s)}
+    if endpoint:                                 # an emulator: plain http unless the URL says https
+        kw["anonymous"] = True
+        kw["scheme"], kw["endpoint_override"] = _endpoint_parts(endpoint, "http")
+    fs = pafs.GcsFileSystem(**kw)
+    with _LOCK:
+        return _CACHE.setdefault(key, fs)
 
 
 def resolve(uri: str | os.PathLike) -> tuple[pafs.FileSystem, str]:
@@ -410,7 +461,10 @@ def atomic_output(uri: str | os.PathLike) -> Iterator[Any]:
     try:
         f = fs.open_output_stream(target)
     except (OSError, pa.ArrowException) as e:
-        raise classify(e, s, "write") from None
+        err = classify(e, s, "write")
+        if err.reason == "missing" and is_remote(s):
+            _check_bucket(s)                     # GCS answers a write into a missing bucket with 404
+        raise err from None
     ok = False
     try:
         with f:

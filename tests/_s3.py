@@ -45,6 +45,7 @@ class S3Server:
     proc: subprocess.Popen
     log: Path
     keys: dict[str, tuple[str, str]] = field(default_factory=dict)   # user -> (key id, secret)
+    scheme = "s3"
 
     def env(self, user: str = "admin", endpoint: str = "") -> dict[str, str]:
         """AWS variables a client of this server exports (credentials, endpoint, region)."""
@@ -66,6 +67,17 @@ class S3Server:
         key_id, secret = self.keys[user]
         return boto3.client("s3", endpoint_url=self.url, region_name=REGION, aws_access_key_id=key_id,
                             aws_secret_access_key=secret)
+
+    # The calls tests/_gcs.py's GcsServer has too, so tests can take either server (`object_store`).
+    def create_bucket(self, bucket: str) -> None:
+        """Create `bucket` (as admin); one that exists already is kept as it is."""
+        self.client().create_bucket(Bucket=bucket)         # us-east-1: creating an owned bucket is a no-op
+
+    def put(self, bucket: str, key: str, data: bytes) -> None:
+        self.client().put_object(Bucket=bucket, Key=key, Body=data)
+
+    def delete(self, bucket: str, key: str) -> None:
+        self.client().delete_object(Bucket=bucket, Key=key)
 
     def upload_tree(self, folder: Path, bucket: str, prefix: str = "") -> int:
         """Upload every file under `folder` to s3://bucket/prefix/<relative path>; returns the count."""
@@ -140,6 +152,9 @@ def stop_s3(server: S3Server) -> None:
 # --------------------------------------------------------------------------- the proxy
 
 
+CONTROL = "/__fault-proxy__/"     # requests to this path drive the proxy instead of passing through
+
+
 @dataclass
 class Fault:
     """Answer requests whose path contains `match` (and whose method is in `methods`) with an
@@ -176,6 +191,9 @@ class FaultProxy:
             def _handle(self) -> None:
                 length = int(self.headers.get("Content-Length", 0) or 0)
                 body = self.rfile.read(length) if length else b""
+                if self.path.startswith(CONTROL):
+                    self._control(self.path[len(CONTROL):], body)
+                    return
                 fault = proxy._take(self.command, self.path)
                 if fault is not None:
                     err = (b"<?xml version='1.0' encoding='UTF-8'?><Error><Code>SlowDown</Code>"
@@ -204,6 +222,20 @@ class FaultProxy:
                     self.wfile.write(data)
                 conn.close()
                 proxy._log(self.command, self.path, resp.status)
+
+            def _control(self, action: str, body: bytes) -> None:
+                """The proxy driven over HTTP, when it runs in a process of its own (ProxyProcess)."""
+                if action == "fail":
+                    kw = json.loads(body)
+                    proxy.fail(kw["match"], kw["times"], kw["status"], tuple(kw["methods"]))
+                elif action == "clear":
+                    proxy.clear()
+                out = json.dumps(proxy.requests_for("")).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(out)))
+                self.end_headers()
+                self.wfile.write(out)
 
             do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _handle
 

@@ -160,6 +160,54 @@ def s3_env(s3_server, monkeypatch):
 
 
 @pytest.fixture(scope="session")
+def gcs_server(tmp_path_factory):
+    """A real GCS emulator (gcp-storage-emulator, in memory) on 127.0.0.1 for the whole session."""
+    from _gcs import start_gcs, stop_gcs
+
+    server = start_gcs(tmp_path_factory.mktemp("gcs"))
+    yield server
+    stop_gcs(server)
+
+
+@pytest.fixture
+def gcs_env(gcs_server, monkeypatch):
+    """This process's Google variables set for gcs_server (STORAGE_EMULATOR_HOST; none of the
+    caller's kept). Returns a function that switches the endpoint: `gcs_env(endpoint=proxy.url)`.
+    Fast retries, and one second of the Google client's own, so that failing reads end quickly.
+    """
+    from _gcs import GCS_VARS
+
+    from featurestore import uri
+
+    def use(endpoint: str = "") -> dict[str, str]:
+        for k in GCS_VARS:
+            monkeypatch.delenv(k, raising=False)
+        env = gcs_server.env(endpoint)
+        for k, v in env.items():
+            monkeypatch.setenv(k, v)
+        uri.clear_cache()
+        return env
+
+    monkeypatch.setenv("TAGREC_IO_BACKOFF_S", "0.05")
+    monkeypatch.setenv("TAGREC_GCS_RETRY_S", "1")
+    use()
+    yield use
+    uri.clear_cache()
+
+
+@pytest.fixture(params=["s3", "gs"])
+def object_store(request):
+    """Each object store in turn, its variables set in this process: the S3 server (as admin,
+    through s3_env) or the GCS emulator (through gcs_env). Both servers take the same calls:
+    `.scheme` ("s3"/"gs"), `.create_bucket`, `.put`, `.delete`, `.objects`, `.upload_tree`."""
+    if request.param == "s3":
+        request.getfixturevalue("s3_env")
+        return request.getfixturevalue("s3_server")
+    request.getfixturevalue("gcs_env")
+    return request.getfixturevalue("gcs_server")
+
+
+@pytest.fixture(scope="session")
 def ray_cluster(s3_server, s3_proxy):
     """Three Ray nodes on this machine: head (1 CPU, `store`), two workers (1 CPU and `pool` each).
 

@@ -1,4 +1,5 @@
-"""The data contract on URIs: posts and edges read from a real S3-compatible server (moto)."""
+"""The data contract on URIs: posts and edges read from a real S3-compatible server (moto) and
+a real GCS emulator (gcp-storage-emulator)."""
 
 from __future__ import annotations
 
@@ -31,18 +32,23 @@ EDGES = pa.table({"src": pa.array([10, 11], pa.int64()), "dst": pa.array([11, 99
 
 
 @pytest.fixture(scope="module")
-def archive(s3_server, tmp_path_factory):
-    c = s3_server.client()
-    c.create_bucket(Bucket=BUCKET)
-    c.put_object(Bucket=BUCKET, Key="arch/posts.parquet", Body=_parquet(POSTS))
-    c.put_object(Bucket=BUCKET, Key="arch/edges.parquet", Body=_parquet(EDGES))
-    c.put_object(Bucket=BUCKET, Key="arch/bad.parquet", Body=_parquet(POSTS.drop(["user_id"])))
+def local_posts(tmp_path_factory):
     local = tmp_path_factory.mktemp("local")
     pq.write_table(POSTS, local / "posts.parquet")
-    return f"s3://{BUCKET}/arch", local
+    return local
 
 
-def test_posts_on_s3_read_like_local_ones_with_images_relative_to_the_manifest_uri(s3_env, archive):
+@pytest.fixture
+def archive(object_store, local_posts):
+    """The archive in s3://BUCKET/arch or gs://BUCKET/arch (each store in turn), and on local disk."""
+    object_store.create_bucket(BUCKET)
+    object_store.put(BUCKET, "arch/posts.parquet", _parquet(POSTS))
+    object_store.put(BUCKET, "arch/edges.parquet", _parquet(EDGES))
+    object_store.put(BUCKET, "arch/bad.parquet", _parquet(POSTS.drop(["user_id"])))
+    return f"{object_store.scheme}://{BUCKET}/arch", local_posts
+
+
+def test_posts_in_an_object_store_read_like_local_ones_with_images_relative_to_the_manifest_uri(archive):
     prefix, local = archive
     remote, here = read_posts(f"{prefix}/posts.parquet"), read_posts(local / "posts.parquet")
     assert remote.column("image").to_pylist() == [f"{prefix}/img/a.jpg", f"{prefix}/img/b.jpg",
@@ -62,9 +68,19 @@ def test_posts_on_s3_read_like_local_ones_with_images_relative_to_the_manifest_u
     ("s3://no-bucket-here/posts.parquet", "admin", "bucket 'no-bucket-here' of s3://no-bucket-here/posts.parquet does not exist"),
     ("s3://contract-test/arch/posts.parquet", "nobody", "access denied to s3://contract-test/arch/posts.parquet"),
     ("s3://contract-test/arch/bad.parquet", "admin", r"s3://contract-test/arch/bad.parquet: missing column\(s\) \['user_id'\]"),
+    ("gs://contract-test/arch/nope.parquet", "", "posts file gs://contract-test/arch/nope.parquet does not exist"),
+    ("gs://no-bucket-here/posts.parquet", "", "bucket 'no-bucket-here' of gs://no-bucket-here/posts.parquet does not exist"),
+    ("gs://contract-test/arch/bad.parquet", "", r"gs://contract-test/arch/bad.parquet: missing column\(s\) \['user_id'\]"),
 ])
-def test_bad_posts_uris_are_one_line_input_errors(s3_env, archive, path, user, needle):
-    s3_env(user=user)
+def test_bad_posts_uris_are_one_line_input_errors(request, path, user, needle):
+    if path.startswith("s3://"):
+        request.getfixturevalue("s3_env")(user=user)
+        store = request.getfixturevalue("s3_server")
+    else:                                          # the emulator cannot deny access: no "nobody" there
+        request.getfixturevalue("gcs_env")
+        store = request.getfixturevalue("gcs_server")
+    store.create_bucket(BUCKET)
+    store.put(BUCKET, "arch/bad.parquet", _parquet(POSTS.drop(["user_id"])))
     for read in (read_posts, check_posts):
         with pytest.raises(InputError, match=needle) as e:
             read(path)

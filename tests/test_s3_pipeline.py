@@ -1,5 +1,6 @@
-"""Jobs on an archive in a bucket of a real S3-compatible server (moto, on 127.0.0.1): the same
-results as from local files, and one clear line for each problem with the bucket."""
+"""Jobs on an archive in a bucket of a real S3-compatible server (moto, on 127.0.0.1), and scoring
+into the GCS emulator too: the same results as from local files, and one clear line for each
+problem with the bucket."""
 
 from __future__ import annotations
 
@@ -180,29 +181,30 @@ def scored_archive(tmp_path_factory):
     return out
 
 
-def test_score_writes_topk_parts_to_s3_equal_to_local_ones_and_rebuilds_a_lost_one(scored_archive, s3_env, s3_server,
-                                                                                   ray_local, tmp_path):
+def test_score_writes_topk_parts_to_an_object_store_equal_to_local_ones_and_rebuilds_a_lost_one(
+        scored_archive, object_store, ray_local, tmp_path):
+    """Each store in turn (S3 on moto, GCS on the emulator)."""
     from jobs.score import ScoreConfig
     from jobs.score import run as score
 
-    out = scored_archive
-    s3_server.client().create_bucket(Bucket="score-out")
-    for name in ("local", "s3"):
+    out, scheme = scored_archive, object_store.scheme
+    object_store.create_bucket("score-out")
+    for name in ("local", scheme):
         shutil.copytree(out / "store", tmp_path / name)
     base = {"out": str(out), "model": "PITF-IC-OD", "shard_size": 16, "k": 5}
     score(ScoreConfig(store=str(tmp_path / "local"), topk_out=str(tmp_path / "topk"), **base))
-    s = score(ScoreConfig(store=str(tmp_path / "s3"), topk_out="s3://score-out/topk", **base))
-    assert s["parquet"] == "s3://score-out/topk/PITF-IC-OD" and s["scored_posts"] == 60
+    s = score(ScoreConfig(store=str(tmp_path / scheme), topk_out=f"{scheme}://score-out/topk", **base))
+    assert s["parquet"] == f"{scheme}://score-out/topk/PITF-IC-OD" and s["scored_posts"] == 60
     local = {p.name: p.read_bytes() for p in (tmp_path / "topk" / "PITF-IC-OD").iterdir()
              if p.name.startswith("part-")}
-    remote = {k.rsplit("/", 1)[1]: v for k, v in s3_server.objects("score-out", "topk/PITF-IC-OD/").items()
+    remote = {k.rsplit("/", 1)[1]: v for k, v in object_store.objects("score-out", "topk/PITF-IC-OD/").items()
               if "/part-" in k}
     assert len(local) == 4 and remote == local
     lost = sorted(remote)[1]
-    s3_server.client().delete_object(Bucket="score-out", Key=f"topk/PITF-IC-OD/{lost}")
-    again = score(ScoreConfig(store=str(tmp_path / "s3"), topk_out="s3://score-out/topk", **base))
+    object_store.delete("score-out", f"topk/PITF-IC-OD/{lost}")
+    again = score(ScoreConfig(store=str(tmp_path / scheme), topk_out=f"{scheme}://score-out/topk", **base))
     assert again["scored_posts"] == 0 and again["skipped_shards"] == 3       # only the lost part rebuilt
-    assert s3_server.objects("score-out", f"topk/PITF-IC-OD/{lost}")[f"topk/PITF-IC-OD/{lost}"] == local[lost]
+    assert object_store.objects("score-out", f"topk/PITF-IC-OD/{lost}")[f"topk/PITF-IC-OD/{lost}"] == local[lost]
 
 
 PIPELINE = ["--vgg-size", "32", "--yolo-size", "64", "--random-weights", "--no-all", "--model", "PITF-IC-OD+SN",
@@ -235,3 +237,28 @@ def test_pipeline_on_an_s3_archive_equals_the_pipeline_on_local_files(archive, s
         assert secret not in f.read_text() and key_id not in f.read_text(), f
     evaluation = json.loads(s3_server.objects("pipeline-out", "run/reports/")["run/reports/evaluation.json"])
     assert evaluation == json.loads((local / "evaluation.json").read_text())
+
+
+@pytest.mark.parametrize("posts,needle", [
+    ("gs://gcs-archive/a/nope.parquet", "posts file gs://gcs-archive/a/nope.parquet does not exist"),
+    ("gs://no-such-archive/posts.parquet", "bucket 'no-such-archive' of gs://no-such-archive/posts.parquet does not exist"),
+    ("gs://gcs-archive/a/posts.parquet", "cannot reach the GCS endpoint http://127.0.0.1:"),
+])
+def test_bad_gcs_archive_uris_are_one_line_exit_2_and_write_nothing(gcs_env, gcs_server, tmp_path, capsys,
+                                                                    monkeypatch, posts, needle):
+    from _s3 import free_port
+
+    from jobs.prepare import PrepareConfig
+    from jobs.prepare import run as prepare
+
+    gcs_server.create_bucket("gcs-archive")
+    if "cannot reach" in needle:
+        gcs_env(endpoint=f"http://127.0.0.1:{free_port()}")        # nothing listens there
+        monkeypatch.setenv("TAGREC_IO_ATTEMPTS", "2")
+    out = tmp_path / "run"
+    assert run_job("prepare", PrepareConfig, prepare, ["--posts", posts, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err.startswith("error: prepare:") and needle in err
+    if "cannot reach" in needle:
+        assert "STORAGE_EMULATOR_HOST" in err and "gave up after 2 attempts" in err
+    assert not (out / "split").exists()

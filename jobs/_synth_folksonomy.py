@@ -13,9 +13,18 @@ every item (their own vocabulary) the second. Planted, as folksonomy data shows 
   from its own sparse distribution (a Dirichlet draw over a handful of its genres' tags);
 * users have one to three favourite genres (most of their items come from them), an
   activity drawn from a heavy-tailed log-normal, a personal vocabulary (generic tags and
-  tags of their genres, a few borrowed from friends), and a personal weight: the chance
-  that a tag of theirs comes from their vocabulary rather than from the item's
-  distribution; a personal tag fits the item's genre more often than not;
+  tags of their genres, a few borrowed from friends) and a personal weight: how much their
+  own vocabulary counts against the item's tags;
+* a tag fits both the person and the item: p(t | u, i) is a product of the user's and the
+  item's distributions (a product of experts, `Planted`), not a mixture of them. Which
+  tags a resource gets depends jointly on who tags and what is tagged: users re-use their
+  own vocabulary, but only where it describes the resource (Golder & Huberman 2006), which
+  is the premise of the factorization models of tag recommendation (PITF: Rendle &
+  Schmidt-Thieme, WSDM 2010; TTD: Symeonidis et al. 2008). Under a mixture (a draw from
+  the user's vocabulary or else from the item's tags, `combine="mixture"`), the linear mix
+  of the user's and the item's tag frequencies is the right ranking and no model can do
+  much better; under the product, a tag of the user's that does not fit the item is
+  unlikely, which frequencies added up cannot express;
 * a friendship graph with homophily (friends share a favourite genre more often than
   chance) and heavy-tailed degrees;
 * one post per (user, item), each with 1 + Poisson(1.6) distinct tags.
@@ -35,6 +44,7 @@ import pyarrow.compute as pc
 
 MAX_TAGS = 10        # distinct tags per post at most
 GENERIC_FRAC = 0.1   # tags that belong to no genre (opinions, personal organisation)
+COMBINE = ("product", "mixture")  # how a user's and an item's tag distributions combine (`Planted`)
 
 
 @dataclass
@@ -43,7 +53,7 @@ class FolksonomyParams:
 
     The sizes are those of a public music-tagging dataset (~1,900 users, ~17,000 artists,
     ~12,000 tags, ~70,000 tagged (user, artist) pairs, ~13 friends per user). The strengths
-    (tag Zipf exponent, genres, personal weight, genre share) were set so that the frequency
+    (tag Zipf exponent, personal weight, vocabulary size, sharpness, background) were set so that the frequency
     baselines reach on it about what they reach on that dataset after a 10-core with one
     test post per user (most-popular, user-popular, user-item-popular; the recommenders were
     not looked at): benchmarks/results/folksonomy.md.
@@ -66,6 +76,10 @@ class FolksonomyParams:
     avg_friends: float = 13.0
     homophily: float = 0.6        # chance a friendship stays inside a favourite genre
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE:
+            raise ValueError(f"FolksonomyParams: combine {self.combine!r} is not a rule; use one of {list(COMBINE)}")
 
 
 @dataclass
@@ -201,6 +215,10 @@ def _pick_items(p, rng, fav, n_posts, item_pop, item_genres) -> list[np.ndarray]
             got = got[np.sort(np.unique(got, return_index=True)[1])]
             if len(got) >= want:
                 break
+        if len(got) < want:  # a very active user on a small catalogue: the rest by popularity
+            rest = np.setdiff1d(np.arange(p.num_items), got)
+            w = item_pop[rest] / item_pop[rest].sum()
+            got = np.concatenate([got, rng.choice(rest, want - len(got), replace=False, p=w)])
         out.append(got[:want])
     return out
 
@@ -208,11 +226,18 @@ def _pick_items(p, rng, fav, n_posts, item_pop, item_genres) -> list[np.ndarray]
 class Planted:
     """The planted tag distribution p(t | u, i) of every (user, item), sparse.
 
-    p(t | u, i) ∝ v_u(t)^w_u · s_i(t)^(1 - w_u), with v_u = (1 - η) · the user's vocabulary
-    + η · g and s_i = (1 - η) · the item's side + η · g, where g is the tags' global
-    popularity, η `background` and w_u the user's personal weight; the item's side is
-    `genre_share` × its genres' shared distributions + the rest × its own sparse one. Tags in
-    neither the vocabulary nor the item's side are left with η · g(t) each.
+    With v_u = (1 - η) · the user's vocabulary + η · g and s_i = (1 - η) · the item's side +
+    η · g (g: the tags' global popularity, η `background`; the item's side is `genre_share` ×
+    its genres' shared distributions + the rest × its own sparse one) and w_u the user's
+    personal weight:
+
+    * "product" (the default): p(t | u, i) ∝ (v_u(t)^w_u · s_i(t)^(1 - w_u))^τ, τ `sharpness`,
+      a product of experts: a tag is likely when it fits both the person and the item;
+    * "mixture": p(t | u, i) = w_u · v_u(t) + (1 - w_u) · s_i(t), a tag from the user's
+      vocabulary or else from the item's side, for which the linear mix of the user's and the
+      item's tag frequencies is the right ranking.
+
+    `scores` ranks tags by p: the Bayes-optimal ranking, the ceiling of any recommender.
     """
 
     def __init__(self, p: FolksonomyParams, tag_pop: np.ndarray, tables: list, item_genres: np.ndarray,
@@ -250,15 +275,14 @@ class Planted:
         item = np.concatenate([sw, np.zeros(int(new.sum()))])
         g, eta, w = self.tag_pop[tags], self.eta, self.personal[u]
         v, s = (1 - eta) * user + eta * g, (1 - eta) * item + eta * g
-        if self.combine == "product":
-            prob = (v ** w * s ** (1 - w)) ** self.tau
-            return tags, prob, eta ** self.tau * max(0.0, self.g_tau - float((g ** self.tau).sum()))
-        else:
-            prob = w * v + (1 - w) * s
-        return tags, prob, eta * max(0.0, 1.0 - float(g.sum()))
+        if self.combine == "mixture":
+            return tags, w * v + (1 - w) * s, eta * max(0.0, 1.0 - float(g.sum()))
+        # a tag in neither side has v = s = η · g(t), so p ∝ (η · g(t))^τ
+        prob = (v ** w * s ** (1 - w)) ** self.tau
+        return tags, prob, eta ** self.tau * max(0.0, self.g_tau - float((g ** self.tau).sum()))
 
     def scores(self, u: int, i: int, candidates: np.ndarray) -> np.ndarray:
-        """p(t | u, i) (unnormalised) of the tags `candidates`: the Bayes-optimal ranking."""
+        """p(t | u, i) (unnormalised, one normaliser per (u, i)) of the tags `candidates`."""
         tags, prob, _ = self.support(u, self.item_side(i))
         out = (self.eta * self.tag_pop[candidates]) ** self.tau
         order = np.argsort(tags)
@@ -292,7 +316,7 @@ def _post_tags(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, pla
 
 
 def _background(rng: np.random.Generator, cdf: np.ndarray, exclude: np.ndarray, m: int) -> np.ndarray:
-    """m tags drawn by global popularity outside the sorted tags `exclude`."""
+    """m tags drawn by global popularity (to the power τ) outside the sorted tags `exclude`."""
     out = _draw(cdf, rng.random(m))
     for _ in range(1000):
         at = np.searchsorted(exclude, out).clip(max=len(exclude) - 1)

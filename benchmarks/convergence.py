@@ -89,6 +89,22 @@ def _reference(out: Path, seed: int) -> float:
     return evaluate(m, test)["f1@5"]
 
 
+def _planted(out: Path, sizes: list[str], seed: int) -> float:
+    """Test F1@5 of the Bayes-optimal ranking: the tags ordered by the generator's own
+    p(t | u, i) for each test post (the folksonomy redrawn from the pipeline's flags)."""
+    from benchmarks.folksonomy import planted_topk
+    from jobs._cli import resolve_config
+    from jobs._synth_folksonomy import make_folksonomy, params_from
+    from jobs.synth import SynthConfig
+    from models.metrics import metrics_at_k
+
+    cfg = resolve_config(SynthConfig, ["--out", str(out), "--kind", "folksonomy", *sizes, "--seed", str(seed)],
+                         "synth", "")
+    d, test = _test_data(out)
+    top = planted_topk(make_folksonomy(params_from(cfg)), d, test)
+    return metrics_at_k(top, test.indptr, test.indices, ks=(5,))["f1@5"]
+
+
 def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
     rows = []
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="convergence-"))
@@ -110,6 +126,7 @@ def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
             r[f"PITF hand-set {epochs} epochs"] = _hand_set(out, "PITF", epochs, "auto")
         r["PITF hand-set 100 epochs, torch batched"] = _hand_set(out, "PITF", 100, "torch")
         r["per-sample reference (Algorithm 1)"] = _reference(out, seed)
+        r["planted p(t|u,i) (Bayes-optimal)"] = _planted(out, QUICK if quick else SIZES, seed)
         rows.append(r)
         print(json.dumps(r), flush=True)
     keys = [k for k in rows[0] if k not in ("seed",)]

@@ -22,9 +22,9 @@ every item (their own vocabulary) the second. Planted, as folksonomy data shows 
   is the premise of the factorization models of tag recommendation (PITF: Rendle &
   Schmidt-Thieme, WSDM 2010; TTD: Symeonidis et al. 2008). Under a mixture (a draw from
   the user's vocabulary or else from the item's tags, `combine="mixture"`), the linear mix
-  of the user's and the item's tag frequencies is the right ranking and no model can do
-  much better; under the product, a tag of the user's that does not fit the item is
-  unlikely, which frequencies added up cannot express;
+  of the user's and the item's tag frequencies estimates the right ranking directly, which
+  leaves little for a model to add; under the product, a tag of the user's that does not
+  fit the item is unlikely, which frequencies added up cannot express;
 * a friendship graph with homophily (friends share a favourite genre more often than
   chance) and heavy-tailed degrees;
 * one post per (user, item), each with 1 + Poisson(1.6) distinct tags.

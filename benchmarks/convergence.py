@@ -2,16 +2,22 @@
 
     python benchmarks/convergence.py [--seeds 0,1,2] [--quick]          # acceptance on a folksonomy
     python benchmarks/convergence.py --defaults-study                    # batch, row cap, dim of the torch step
+    python benchmarks/convergence.py --lr-study 0.05,0.1 --seeds 0       # PITF's validation curves per lr, draws
 
 Acceptance (per seed): `jobs.pipeline --kind folksonomy` at the sizes of a public
 music-tagging dataset (~1,900 users, ~17,000 items, ~12,000 tags, ~70,000 posts), 10-core on
 users, tags and items, one validation and one test post per user, every other setting the
 pipeline's default (no epochs given: early stopping). Beside it, on the same split:
 PITF hand-set to 100 and 200 epochs without early stopping (the default kernel, and the
-batched torch step as before), and the per-sample reference (Algorithm 1 as a plain loop,
-compiled; d = 64, 100 epochs, lr 0.05, reg 5e-5). Test F1@5 of each, the pipeline's
+batched torch step), the per-sample reference (Algorithm 1 as a plain loop, compiled;
+d = 64, 100 epochs, lr 0.05, reg 5e-5) and the planted ranking (the generator's own
+p(t | u, i): the Bayes-optimal ceiling). Test F1@5 of each, the pipeline's
 evaluation table (baselines, +SN models) and, per seed and on average, whether PITF with the
 defaults reaches the hand-set long training, the reference and user-item-popular + 0.03.
+
+Learning-rate study: validation and test F1@5 after every epoch of PITF (per-sample
+kernel) for each learning rate and number of negative draws, and where the default
+stopping rule stops on each curve (curves kept as JSON).
 
 Defaults study: on the synthetic photo archive with synthetic features (200 users, 2,000
 posts), PITF-IC-OD with early stopping for batch size x row cap (`--max-row-samples`) x dim,
@@ -89,6 +95,22 @@ def _reference(out: Path, seed: int) -> float:
     return evaluate(m, test)["f1@5"]
 
 
+def _planted(out: Path, sizes: list[str], seed: int) -> float:
+    """Test F1@5 of the Bayes-optimal ranking: the tags ordered by the generator's own
+    p(t | u, i) for each test post (the folksonomy redrawn from the pipeline's flags)."""
+    from benchmarks.folksonomy import planted_topk
+    from jobs._cli import resolve_config
+    from jobs._synth_folksonomy import make_folksonomy, params_from
+    from jobs.synth import SynthConfig
+    from models.metrics import metrics_at_k
+
+    cfg = resolve_config(SynthConfig, ["--out", str(out), "--kind", "folksonomy", *sizes, "--seed", str(seed)],
+                         "synth", "")
+    d, test = _test_data(out)
+    top = planted_topk(make_folksonomy(params_from(cfg)), d, test)
+    return metrics_at_k(top, test.indptr, test.indices, ks=(5,))["f1@5"]
+
+
 def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
     rows = []
     root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="convergence-"))
@@ -110,6 +132,7 @@ def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
             r[f"PITF hand-set {epochs} epochs"] = _hand_set(out, "PITF", epochs, "auto")
         r["PITF hand-set 100 epochs, torch batched"] = _hand_set(out, "PITF", 100, "torch")
         r["per-sample reference (Algorithm 1)"] = _reference(out, seed)
+        r["planted p(t|u,i) (Bayes-optimal)"] = _planted(out, QUICK if quick else SIZES, seed)
         rows.append(r)
         print(json.dumps(r), flush=True)
     keys = [k for k in rows[0] if k not in ("seed",)]
@@ -162,16 +185,66 @@ def defaults_study(keep: str) -> None:
     print(f"RATIO pitf_ic_od_default_settings_vs_best_of_grid_test {default[1] / res[best][1]:.3f}")
 
 
+def lr_study(seed: int, lrs: list[float], draws: list[int], epochs: int, keep: str) -> None:
+    """Validation and test F1@5 after every epoch of PITF (per-sample kernel, d 128, reg 1e-4)
+    for each learning rate and number of negative draws (1: uniform; K: the highest-scored of
+    K), and where the default stopping rule (patience 10 or the best epoch, whichever is
+    more; at most 300 epochs) stops on each curve."""
+    import torch
+
+    from benchmarks.train import folksonomy_split
+    from models.recsys import get_model
+    from models.recsys.bpr import BPRConfig
+    from models.recsys.early_stopping import EarlyStopping
+    from models.recsys.evaluate import evaluate
+    from models.recsys.sgd import SGDTrainer
+
+    torch.set_num_threads(1)
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="lr-study-"))
+    root.mkdir(parents=True, exist_ok=True)
+    train, val, test, sz = folksonomy_split(root, False, seed)
+    print(f"seed {seed}: {len(train):,} train posts, {len(val):,} val, {len(test):,} test, {sz}")
+    print(f"{'lr':>6} {'draws':>5} {'stops at':>9} {'best':>5} {'val F1@5':>9} {'test F1@5':>10} {'best of all':>12} "
+          f"{'test there':>11} {'train s':>8}")
+    for lr, k in ((lr, k) for lr in lrs for k in draws):
+        m = get_model("PITF", n_users=sz["users"], n_items=sz["items"], n_tags=sz["tags"], dim=128, seed=seed)
+        tr = SGDTrainer(m, train, BPRConfig(lr=lr, reg=1e-4, seed=seed, kernel="sgd", negatives=k))
+        es, stop, curve, secs = EarlyStopping(patience=10, max_epochs=300, patience_frac=1.0), None, [], 0.0
+        for e in range(epochs):
+            t0 = time.perf_counter()
+            tr.run_epoch(e)
+            secs += time.perf_counter() - t0
+            curve.append((evaluate(m, val)["f1@5"], evaluate(m, test)["f1@5"]))
+            es.update(e + 1, curve[-1][0])
+            if stop is None and es.should_stop():
+                stop = (e + 1, es.best_epoch, secs)
+        tr.close()
+        stop = stop or (epochs, es.best_epoch, secs)
+        top = int(np.argmax([v for v, _ in curve]))
+        v, t = curve[stop[1] - 1]
+        print(f"{lr:>6g} {k:>5} {stop[0]:>9} {stop[1]:>5} {v:>9.4f} {t:>10.4f} {top + 1:>12} {curve[top][1]:>11.4f} "
+              f"{stop[2]:>8.0f}", flush=True)
+        (root / f"curve-lr{lr:g}-k{k}.json").write_text(json.dumps(curve))
+    print(f"curves (val, test per epoch): {root}/curve-lr*.json")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (archive and split)")
     ap.add_argument("--quick", action="store_true", help="a smaller folksonomy")
     ap.add_argument("--defaults-study", action="store_true", help="the torch step's batch, row cap and dim")
+    ap.add_argument("--lr-study", default="", metavar="LRS",
+                    help="comma-separated learning rates: PITF's validation curves on the --seeds' first split")
+    ap.add_argument("--lr-study-draws", default="1,4", help="negative draws per sample tried in --lr-study")
+    ap.add_argument("--lr-study-epochs", type=int, default=400, help="epochs per learning rate in --lr-study")
     ap.add_argument("--keep", default="", help="folder to keep the runs in (default: a temporary one)")
     a = ap.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if a.defaults_study:
         defaults_study(a.keep)
+    elif a.lr_study:
+        lr_study(int(a.seeds.split(",")[0]), [float(x) for x in a.lr_study.split(",")],
+                 [int(x) for x in a.lr_study_draws.split(",")], a.lr_study_epochs, a.keep)
     else:
         acceptance([int(s) for s in a.seeds.split(",")], a.quick, a.keep)
 

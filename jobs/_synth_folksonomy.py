@@ -13,9 +13,18 @@ every item (their own vocabulary) the second. Planted, as folksonomy data shows 
   from its own sparse distribution (a Dirichlet draw over a handful of its genres' tags);
 * users have one to three favourite genres (most of their items come from them), an
   activity drawn from a heavy-tailed log-normal, a personal vocabulary (generic tags and
-  tags of their genres, a few borrowed from friends), and a personal weight: the chance
-  that a tag of theirs comes from their vocabulary rather than from the item's
-  distribution; a personal tag fits the item's genre more often than not;
+  tags of their genres, a few borrowed from friends) and a personal weight: how much their
+  own vocabulary counts against the item's tags;
+* a tag fits both the person and the item: p(t | u, i) is a product of the user's and the
+  item's distributions (a product of experts, `Planted`), not a mixture of them. Which
+  tags a resource gets depends jointly on who tags and what is tagged: users re-use their
+  own vocabulary, but only where it describes the resource (Golder & Huberman 2006), which
+  is the premise of the factorization models of tag recommendation (PITF: Rendle &
+  Schmidt-Thieme, WSDM 2010; TTD: Symeonidis et al. 2008). Under a mixture (a draw from
+  the user's vocabulary or else from the item's tags, `combine="mixture"`), the linear mix
+  of the user's and the item's tag frequencies estimates the right ranking directly, which
+  leaves little for a model to add; under the product, a tag of the user's that does not
+  fit the item is unlikely, which frequencies added up cannot express;
 * a friendship graph with homophily (friends share a favourite genre more often than
   chance) and heavy-tailed degrees;
 * one post per (user, item), each with 1 + Poisson(1.6) distinct tags.
@@ -35,6 +44,7 @@ import pyarrow.compute as pc
 
 MAX_TAGS = 10        # distinct tags per post at most
 GENERIC_FRAC = 0.1   # tags that belong to no genre (opinions, personal organisation)
+COMBINE = ("product", "mixture")  # how a user's and an item's tag distributions combine (`Planted`)
 
 
 @dataclass
@@ -43,7 +53,7 @@ class FolksonomyParams:
 
     The sizes are those of a public music-tagging dataset (~1,900 users, ~17,000 artists,
     ~12,000 tags, ~70,000 tagged (user, artist) pairs, ~13 friends per user). The strengths
-    (tag Zipf exponent, genres, personal weight, genre share) were set so that the frequency
+    (tag Zipf exponent, personal weight, vocabulary size, sharpness, background) were set so that the frequency
     baselines reach on it about what they reach on that dataset after a 10-core with one
     test post per user (most-popular, user-popular, user-item-popular; the recommenders were
     not looked at): benchmarks/results/folksonomy.md.
@@ -55,13 +65,21 @@ class FolksonomyParams:
     num_posts: int = 70_000
     num_genres: int = 25
     item_zipf: float = 1.0        # exponent of item popularity
-    tag_zipf: float = 1.2         # exponent of tag popularity
-    personal_weight: float = 0.55  # mean chance a tag comes from the user's vocabulary
-    genre_share: float = 0.4      # chance an item-side tag comes from its genre's shared distribution
+    tag_zipf: float = 1.0         # exponent of tag popularity
+    personal_weight: float = 0.45  # mean chance a tag comes from the user's vocabulary
+    vocab_size: float = 20.0      # mean tags of a user's personal vocabulary (before borrowing from friends)
+    sharpness: float = 1.7        # τ: exponent of the product of experts
+    genre_share: float = 0.4      # weight of its genres' shared distribution in an item's side
+    background: float = 0.02      # η: weight of global tag popularity in both sides (any tag can occur)
+    combine: str = "product"      # how a user's side and an item's combine: "product" (of experts) or "mixture"
     taste: float = 0.7            # chance a post's item comes from a favourite genre
     avg_friends: float = 13.0
     homophily: float = 0.6        # chance a friendship stays inside a favourite genre
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.combine not in COMBINE:
+            raise ValueError(f"FolksonomyParams: combine {self.combine!r} is not a rule; use one of {list(COMBINE)}")
 
 
 @dataclass
@@ -78,6 +96,7 @@ class Folksonomy:
     item_genres: np.ndarray    # (I, 2) int64 (second may repeat the first)
     user_genres: np.ndarray    # (U, 3) int64 favourite genres (may repeat)
     personal: np.ndarray       # (U,) float64 personal weight
+    planted: Planted | None = None  # p(t | u, i), for the Bayes-optimal ranking
 
 
 def _zipf(n: int, s: float) -> np.ndarray:
@@ -125,7 +144,7 @@ def _users(p: FolksonomyParams, rng: np.random.Generator, tables: list) -> tuple
     a = 2.0
     personal = rng.beta(a, a * (1 - p.personal_weight) / p.personal_weight, p.num_users)
     vocab = []
-    size = 3 + rng.poisson(6, p.num_users)
+    size = 3 + rng.poisson(p.vocab_size - 3, p.num_users)
     for u in range(p.num_users):
         g = np.where(rng.random(size[u]) < 0.4, -1, fav[u, rng.integers(0, 3, size[u])])
         tags = np.unique(np.concatenate([tables[gg + 1][0][_draw(tables[gg + 1][1], rng.random(1))] for gg in g]))
@@ -196,31 +215,115 @@ def _pick_items(p, rng, fav, n_posts, item_pop, item_genres) -> list[np.ndarray]
             got = got[np.sort(np.unique(got, return_index=True)[1])]
             if len(got) >= want:
                 break
+        if len(got) < want:  # a very active user on a small catalogue: the rest by popularity
+            rest = np.setdiff1d(np.arange(p.num_items), got)
+            w = item_pop[rest] / item_pop[rest].sum()
+            got = np.concatenate([got, rng.choice(rest, want - len(got), replace=False, p=w)])
         out.append(got[:want])
     return out
 
 
-def _post_tags(p, rng, user, item, fav_vocab, item_dists, genre_tables, tag_genre, item_genres,
-               personal) -> list[np.ndarray]:
-    """1 + Poisson(1.6) distinct tags per post: personal draws (fitting the item's genre
-    threefold likelier) with the user's weight, else item-side draws: from the genre's
-    shared distribution (`genre_share`) or the item's own."""
+class Planted:
+    """The planted tag distribution p(t | u, i) of every (user, item), sparse.
+
+    With v_u = (1 - η) · the user's vocabulary + η · g and s_i = (1 - η) · the item's side +
+    η · g (g: the tags' global popularity, η `background`; the item's side is `genre_share` ×
+    its genres' shared distributions + the rest × its own sparse one) and w_u the user's
+    personal weight:
+
+    * "product" (the default): p(t | u, i) ∝ (v_u(t)^w_u · s_i(t)^(1 - w_u))^τ, τ `sharpness`,
+      a product of experts: a tag is likely when it fits both the person and the item;
+    * "mixture": p(t | u, i) = w_u · v_u(t) + (1 - w_u) · s_i(t), a tag from the user's
+      vocabulary or else from the item's side, for which the linear mix of the user's and the
+      item's tag frequencies is the right ranking.
+
+    `scores` ranks tags by p: the Bayes-optimal ranking, the ceiling of any recommender.
+    """
+
+    def __init__(self, p: FolksonomyParams, tag_pop: np.ndarray, tables: list, item_genres: np.ndarray,
+                 item_dists: list, vocab: list, personal: np.ndarray) -> None:
+        self.eta, self.genre_share, self.tag_pop, self.combine = p.background, p.genre_share, tag_pop, p.combine
+        self.tau = p.sharpness if p.combine == "product" else 1.0
+        self.cdf_all = np.cumsum(tag_pop ** self.tau)
+        self.g_tau = float((tag_pop ** self.tau).sum())
+        self.tables = [(t, np.diff(c, prepend=0.0) / c[-1] if len(c) else c) for t, c in tables]
+        self.item_genres, self.item_dists, self.vocab, self.personal = item_genres, item_dists, vocab, personal
+
+    def item_side(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """(sorted tags, probabilities) of item i's side: its genres' shared tags and its own."""
+        parts_t, parts_w = [], []
+        for g in self.item_genres[i]:
+            gt, gw = self.tables[g + 1]
+            parts_t.append(gt)
+            parts_w.append(0.5 * self.genre_share * gw)
+        it, icdf = self.item_dists[i]
+        parts_t.append(it)
+        parts_w.append((1 - self.genre_share) * np.diff(icdf, prepend=0.0) / icdf[-1])
+        tags, inv = np.unique(np.concatenate(parts_t), return_inverse=True)
+        return tags, np.bincount(inv, np.concatenate(parts_w), len(tags))
+
+    def support(self, u: int, side: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray, float]:
+        """(tags, unnormalised p(t | u, i) on them, p's mass on every other tag together) for
+        user u and an item's `item_side`."""
+        st, sw = side
+        vt, vw = self.vocab[u]
+        at = np.searchsorted(st, vt).clip(max=len(st) - 1)
+        new = st[at] != vt
+        tags = np.concatenate([st, vt[new]])
+        user = np.zeros(len(tags))
+        user[np.where(new, len(st) + np.cumsum(new) - 1, at)] = vw
+        item = np.concatenate([sw, np.zeros(int(new.sum()))])
+        g, eta, w = self.tag_pop[tags], self.eta, self.personal[u]
+        v, s = (1 - eta) * user + eta * g, (1 - eta) * item + eta * g
+        if self.combine == "mixture":
+            return tags, w * v + (1 - w) * s, eta * max(0.0, 1.0 - float(g.sum()))
+        # a tag in neither side has v = s = η · g(t), so p ∝ (η · g(t))^τ
+        prob = (v ** w * s ** (1 - w)) ** self.tau
+        return tags, prob, eta ** self.tau * max(0.0, self.g_tau - float((g ** self.tau).sum()))
+
+    def scores(self, u: int, i: int, candidates: np.ndarray) -> np.ndarray:
+        """p(t | u, i) (unnormalised, one normaliser per (u, i)) of the tags `candidates`."""
+        tags, prob, _ = self.support(u, self.item_side(i))
+        out = (self.eta * self.tag_pop[candidates]) ** self.tau
+        order = np.argsort(tags)
+        at = np.searchsorted(tags[order], candidates).clip(max=len(tags) - 1)
+        hit = tags[order][at] == candidates
+        out[hit] = prob[order][at[hit]]
+        return out
+
+
+def _post_tags(rng: np.random.Generator, user: np.ndarray, item: np.ndarray, planted: Planted) -> list[np.ndarray]:
+    """1 + Poisson(1.6) distinct tags per post, the first distinct of draws from p(t | u, i)
+    (`Planted`); posts are visited item by item so each item's side is built once."""
     n = 1 + np.minimum(rng.poisson(1.6, len(user)), MAX_TAGS - 1)
-    out = []
-    for j in range(len(user)):
-        u, i = user[j], item[j]
-        vt, vw = fav_vocab[u]
-        fit = np.where(np.isin(tag_genre[vt], item_genres[i]) | (tag_genre[vt] < 0), 3.0, 1.0)
-        vcdf = np.cumsum(vw * fit)
-        it, icdf = item_dists[i]
-        k = 3 * n[j] + 3
-        own = rng.random(k) < personal[u]
-        gt, gcdf = genre_tables[item_genres[i, rng.integers(0, 2)] + 1]
-        shared = rng.random(k) < p.genre_share
-        item_side = np.where(shared, gt[_draw(gcdf, rng.random(k))], it[_draw(icdf, rng.random(k))])
-        cand = np.where(own, vt[_draw(vcdf, rng.random(k))], item_side)
-        first = np.sort(np.unique(cand, return_index=True)[1])
-        out.append(cand[first][: n[j]])
+    out: list[np.ndarray] = [np.zeros(0, np.int64)] * len(user)
+    order = np.argsort(item, kind="stable")
+    bounds = np.flatnonzero(np.diff(item[order])) + 1
+    for group in np.split(order, bounds):
+        side = planted.item_side(int(item[group[0]]))
+        for j in group:
+            tags, prob, rest = planted.support(int(user[j]), side)
+            k = 3 * n[j] + 3
+            cdf = np.cumsum(prob)
+            r = rng.random(k) * (cdf[-1] + rest)
+            inside = r < cdf[-1]
+            cand = np.empty(k, np.int64)
+            cand[inside] = tags[_draw(cdf, r[inside] / cdf[-1])]
+            cand[~inside] = _background(rng, planted.cdf_all, np.sort(tags), int((~inside).sum()))
+            first = np.sort(np.unique(cand, return_index=True)[1])
+            out[j] = cand[first][: n[j]]
+    return out
+
+
+def _background(rng: np.random.Generator, cdf: np.ndarray, exclude: np.ndarray, m: int) -> np.ndarray:
+    """m tags drawn by global popularity (to the power τ) outside the sorted tags `exclude`."""
+    out = _draw(cdf, rng.random(m))
+    for _ in range(1000):
+        at = np.searchsorted(exclude, out).clip(max=len(exclude) - 1)
+        bad = exclude[at] == out
+        if not bad.any():
+            break
+        out[bad] = _draw(cdf, rng.random(int(bad.sum())))
     return out
 
 
@@ -237,11 +340,12 @@ def make_folksonomy(p: FolksonomyParams) -> Folksonomy:
     picks = _pick_items(p, rng, fav, _posts_per_user(p, rng), item_pop, item_genres)
     user = np.repeat(np.arange(p.num_users), [len(x) for x in picks])
     item = np.concatenate(picks).astype(np.int64)
-    tags = _post_tags(p, rng, user, item, vocab, item_dists, tables, tag_genre, item_genres, personal)
+    planted = Planted(p, tag_pop, tables, item_genres, item_dists, vocab, personal)
+    tags = _post_tags(rng, user, item, planted)
     indptr = np.zeros(len(tags) + 1, np.int64)
     np.cumsum([len(t) for t in tags], out=indptr[1:])
     return Folksonomy(user.astype(np.int64), item, indptr, np.concatenate(tags).astype(np.int64),
-                      src.astype(np.int64), dst.astype(np.int64), tag_genre, item_genres, fav, personal)
+                      src.astype(np.int64), dst.astype(np.int64), tag_genre, item_genres, fav, personal, planted)
 
 
 def user_ids(n: int) -> np.ndarray:

@@ -127,3 +127,46 @@ def test_synth_folksonomy_bad_flags(tmp_path, flags, message):
     cfg = resolve_config(SynthConfig, base + flags, "synth", "")
     with pytest.raises(JobError, match=message):
         validate(cfg)
+
+
+@pytest.mark.parametrize("combine", ["product", "mixture"])
+def test_posts_draw_their_tags_from_the_planted_distribution(combine):
+    """The first tag of a post is one draw from Planted's p(t | u, i): over many posts of one
+    (user, item) its frequencies match p."""
+    from jobs._synth_folksonomy import _post_tags
+
+    f = make_folksonomy(FolksonomyParams(num_users=40, num_items=200, num_tags=300, num_posts=800, num_genres=6,
+                                         combine=combine, seed=4))
+    n, u, i = 20_000, int(f.user[0]), int(f.item[0])
+    tags = _post_tags(np.random.default_rng(1), np.full(n, u), np.full(n, i), f.planted)
+    freq = np.bincount([t[0] for t in tags], minlength=300) / n
+    p = f.planted.scores(u, i, np.arange(300))
+    p /= p.sum()
+    assert p.max() > 0.05 and np.abs(freq - p).max() < 4 * np.sqrt(p.max() / n) + 1e-3
+    rare = p < 1e-4                                            # the background: its total mass matches too
+    assert abs(freq[rare].sum() - p[rare].sum()) < 4 * np.sqrt(p[rare].sum() / n) + 1e-3
+
+
+def _f1_planted_and_mix(f):
+    post, tags, held, ptr, truth = _split(f)
+    n_tags, n_users, n_items = len(f.tag_genre), len(f.personal), len(f.item_genres)
+    top = np.array([np.argsort(-f.planted.scores(u, i, np.arange(n_tags)), kind="stable")[:5]
+                    for u, i in zip(f.user[held], f.item[held])])
+    mix = PopularityMix(n_tags, n_users, n_items, alpha=0.5).fit(f.user[post], tags, f.item[post], post_index=post)
+    f1 = lambda t: metrics_at_k(t, ptr, truth, ks=(5,))["f1@5"]  # noqa: E731
+    return f1(top), f1(mix.recommend(f.user[held], 5, f.item[held]))
+
+
+def test_the_product_of_experts_leaves_room_above_the_frequency_mix(folk):
+    """Under the product, ranking by the planted p(t | u, i) is well above the linear mix of
+    the user's and item's tag frequencies (what a factorization model can learn); under a
+    mixture that mix is much closer to the planted ranking."""
+    planted, mix = _f1_planted_and_mix(folk)
+    m_planted, m_mix = _f1_planted_and_mix(make_folksonomy(FolksonomyParams(**SMALL, combine="mixture", seed=3)))
+    assert planted > mix + 0.04, (planted, mix)
+    assert planted - mix > m_planted - m_mix, (planted, mix, m_planted, m_mix)
+
+
+def test_unknown_combination_rule_is_refused():
+    with pytest.raises(ValueError, match="combine 'sum'.*product.*mixture"):
+        FolksonomyParams(combine="sum")

@@ -337,6 +337,6 @@ def test_saved_calibration_maps_scores_to_probabilities(tmp_path, recsys_split):
 
 def test_bad_stopping_flags_are_user_errors(tmp_path, recsys_split):
     recsys_split(tmp_path, with_store=False)
-    for kw in ({"patience": -1}, {"sgd_threads": 0}, {"tune_epochs": -2}):
+    for kw in ({"patience": -1}, {"sgd_threads": 0}, {"tune_epochs": -2}, {"sgd_negatives": 0}):
         with pytest.raises(JobError, match="--patience .* --patience-frac .* --tune-epochs .* --sgd-threads"):
             jt.run(cfg(tmp_path, model="PITF", **kw))

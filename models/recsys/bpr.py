@@ -55,6 +55,7 @@ class BPRConfig:
     max_row_samples: int = MAX_ROW_SAMPLES  # C: a row's step is at most C samples' worth
     kernel: str = "torch"  # "torch": the batched step; "sgd": per-sample numba SGD (`sgd.py`); "auto": see `use_sgd`
     threads: int = 1       # per-sample SGD: Hogwild threads (1: deterministic)
+    negatives: int = 1     # per-sample SGD: t- is the highest-scored of this many uniform draws (1: Algorithm 1)
 
 
 KERNELS = ("auto", "sgd", "torch")

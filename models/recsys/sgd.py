@@ -26,7 +26,12 @@ step rule's cap never binds), so the torch trainer and this one learn the same m
 
 Negatives: t- of the sample at position s of an epoch's order is drawn from a splitmix64
 stream keyed by (seed, epoch, s), redrawn while it is one of the post's tags, so it does
-not depend on the number of threads.
+not depend on the number of threads. With `BPRConfig.negatives` = K > 1, K such draws are
+made per sample and t- is the one the model scores highest at the start of the epoch
+(adaptive oversampling of hard negatives, Rendle & Freudenthaler, WSDM 2014): uniform
+negatives are soon ranked far below t+, their σ(-x) vanishes and learning crawls; a
+hard negative keeps the gradient alive, so training converges in fewer epochs
+(benchmarks/results/train.md).
 """
 
 from __future__ import annotations
@@ -223,6 +228,45 @@ def _fm_run(Fu, Fi, C, w, users, items, post, pos, neg, lr, reg, lo, hi):
     return loss
 
 
+@numba.njit(cache=True, nogil=True)
+def _hardest_pitf(Fu, Fi, A, B, users, items, post, cands, lo, hi, out):
+    """out[s] for s in [lo, hi): the candidate cands[:, s] of highest PITF score for post[s]."""
+    k = Fu.shape[1]
+    for s in range(lo, hi):
+        p = post[s]
+        u, i = users[p], items[p]
+        best, pick = -np.inf, cands[0, s]
+        for j in range(cands.shape[0]):
+            t = cands[j, s]
+            x = 0.0
+            for f in range(k):
+                x += Fu[u, f] * A[t, f]
+            if i >= 0:
+                for f in range(k):
+                    x += Fi[i, f] * B[t, f]
+            if x > best:
+                best, pick = x, t
+        out[s] = pick
+
+
+@numba.njit(cache=True, nogil=True)
+def _hardest_fm(Fu, Fi, C, w, users, items, post, cands, lo, hi, out):
+    """out[s] for s in [lo, hi): the candidate cands[:, s] of highest FM score for post[s]."""
+    k = Fu.shape[1]
+    for s in range(lo, hi):
+        p = post[s]
+        u, i = users[p], items[p]
+        best, pick = -np.inf, cands[0, s]
+        for j in range(cands.shape[0]):
+            t = cands[j, s]
+            x = w[t]
+            for f in range(k):
+                x += (Fu[u, f] + (Fi[i, f] if i >= 0 else np.float32(0.0))) * C[t, f]
+            if x > best:
+                best, pick = x, t
+        out[s] = pick
+
+
 def _tables(family: str, params: dict[str, np.ndarray]) -> tuple[np.ndarray, ...]:
     """The four arrays a family's kernel updates, checked to be C-contiguous float32."""
     names = ("user", "item", "tag_user", "tag_item") if family == "PITF" else ("user", "item", "tag", "bias")
@@ -291,6 +335,25 @@ def draw_negatives(post: np.ndarray, indptr: np.ndarray, indices: np.ndarray, n_
     return out
 
 
+def hardest_negatives(family: str, params: dict[str, np.ndarray], user_of_post: np.ndarray,
+                      item_of_post: np.ndarray, post: np.ndarray, cands: np.ndarray, threads: int = 1,
+                      pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """(n,) int64: per sample, the candidate of cands (K, n) the model scores highest for its post."""
+    t1, t2, t3, t4 = _tables(family, params)
+    kernel = _hardest_pitf if family == "PITF" else _hardest_fm
+    users = np.ascontiguousarray(user_of_post, np.int64)
+    items = np.ascontiguousarray(item_of_post, np.int64)
+    post, cands = np.ascontiguousarray(post, np.int64), np.ascontiguousarray(cands, np.int64)
+    out = np.empty(len(post), np.int64)
+
+    def fn(lo: int, hi: int) -> float:
+        kernel(t1, t2, t3, t4, users, items, post, cands, lo, hi, out)
+        return 0.0
+
+    _run_parts(fn, _parts(len(post), max(1, threads)), pool)
+    return out
+
+
 # --------------------------------------------------------------------------- trainer
 
 
@@ -300,9 +363,10 @@ def supports(model: Any) -> bool:
     return bool(spec is not None and spec.family in FAMILIES and not spec.content and not spec.social)
 
 
-def epoch_seed(seed: int, epoch: int) -> int:
-    """The splitmix64 key of an epoch's negatives."""
-    return int(np.random.default_rng([seed, epoch, 0x5EED]).integers(0, 2**63 - 1))
+def epoch_seed(seed: int, epoch: int, draw: int = 0) -> int:
+    """The splitmix64 key of an epoch's negatives (`draw`: which of the K candidate draws)."""
+    key = [seed, epoch, 0x5EED] + ([draw] if draw else [])
+    return int(np.random.default_rng(key).integers(0, 2**63 - 1))
 
 
 class SGDTrainer(BPRTrainer):
@@ -343,8 +407,12 @@ class SGDTrainer(BPRTrainer):
         rng = np.random.default_rng([self.cfg.seed, epoch])
         order = rng.permutation(len(self.post))
         post, pos = self.post[order], self.tag[order]
-        neg = draw_negatives(post, self.data.indptr, self.data.indices, self.data.n_tags,
-                             epoch_seed(self.cfg.seed, epoch), self.threads, self.pool)
+        draws = max(1, int(getattr(self.cfg, "negatives", 1)))
+        cands = np.stack([draw_negatives(post, self.data.indptr, self.data.indices, self.data.n_tags,
+                                         epoch_seed(self.cfg.seed, epoch, j), self.threads, self.pool)
+                          for j in range(draws)])
+        neg = cands[0] if draws == 1 else hardest_negatives(self.family, self.params(), self.users, self.items,
+                                                            post, cands, self.threads, self.pool)
         loss = sgd_epoch(self.family, self.params(), self.users, self.items, post, pos, neg,
                          self.cfg.lr, self.cfg.reg, self.threads, self.pool)
         return loss, len(order)

@@ -110,6 +110,13 @@ def score_shard(ctx: ScoreContext, shard: int, post_ids: np.ndarray, user_ids: n
             "node": node_id()}
 
 
+def resolve_features(nodes: list[dict[str, Any]]) -> str:
+    """`--features auto` for the Ray cluster `nodes` (`ray.nodes()`): "store" when one node is
+    alive (shipping would only add the driver's reads to the cores the tasks use; measured in
+    benchmarks/results/score.md), "ship" when there are more, so tasks can run off the store's node."""
+    return "store" if sum(1 for n in nodes if n.get("Alive")) <= 1 else "ship"
+
+
 class ShardTasks:
     """Scores shards as Ray tasks, at most `max_in_flight` at once (ray.wait backpressure);
     each result goes to `on_result(shard, result)` in this process, the single writer.
@@ -117,14 +124,15 @@ class ShardTasks:
     features "ship": this process (on the store's node) reads each shard's feature rows and
     sends them with its task, which then runs wherever Ray has room; the features of at most
     `max_in_flight` shards are in the object store at once. "store": the tasks read the store
-    themselves and are placed on its node (the `store` resource).
+    themselves and are placed on its node (the `store` resource). "auto": `resolve_features`
+    once Ray runs.
 
     Ray starts (and the context goes to the object store) with the first shard, so a run with
     nothing to score starts no Ray.
     """
 
     def __init__(self, ctx: ScoreContext, ray_address: str, num_cpus: int, task_cpus: float, task_gpus: float,
-                 max_in_flight: int, on_result: Callable[[Any, dict[str, Any]], Any], features: str = "ship") -> None:
+                 max_in_flight: int, on_result: Callable[[Any, dict[str, Any]], Any], features: str = "auto") -> None:
         self.ctx, self.ray_address, self.num_cpus = ctx, ray_address, num_cpus
         self.task_cpus, self.task_gpus = task_cpus, task_gpus
         self.max_in_flight, self.on_result = max_in_flight, on_result
@@ -143,6 +151,8 @@ class ShardTasks:
             from jobs._ray import STORE_RESOURCE, init_ray
 
             init_ray(self.ray_address, self.num_cpus)
+            if self.features == "auto":
+                self.features = resolve_features(ray.nodes())
             # "store": a sliver of the resource only the store's node has pins the tasks there
             opts: dict[str, Any] = {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus}
             if self.features == "store":

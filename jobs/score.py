@@ -77,10 +77,12 @@ class ScoreConfig(ArchiveArgs, RayArgs):
                           "torch-cuda where there is a GPU, else torch")
     task_cpus: float = arg(1.0, "CPUs per Ray task (torch threads follow it)")
     task_gpus: float = arg(0.0, "GPUs per Ray task (0: CPU scoring)")
-    features: str = arg("ship", "how tasks get features: ship (the driver, on the store's node, reads each "
-                                "shard's vectors and sends them with the task: tasks run on any node) or store "
-                                "(tasks read the store themselves: they run on the store's node only)",
-                        choices=["ship", "store"])
+    features: str = arg("auto", "how tasks get features: ship (the driver, on the store's node, reads each "
+                                "shard's vectors and sends them with the task: tasks run on any node), store "
+                                "(tasks read the store themselves: they run on the store's node only) or auto "
+                                "(store on a one-node Ray, where shipping only adds the driver's reads to the "
+                                "same cores; ship on a cluster)",
+                        choices=["auto", "ship", "store"])
     topk_out: str = arg("", "where the top-k Parquet parts go (<topk-out>/<MODEL>/part-*.parquet): a folder or "
                             "a URI (s3://bucket/prefix); empty: <out>/topk")
     min_precision: float = arg(0.0, "backfill at a precision target: the Parquet parts keep, per post, only the "
@@ -131,7 +133,7 @@ def _summary(cfg: ScoreConfig, wr: ShardWriter, tasks: ShardTasks, name: str, mi
     st, fc = wr.stats, wr.flag_counts
     scored = st["scored_posts"]
     summary = {
-        "model": name, "model_id": mid, "view": view, "parquet": out_dir, "k": cfg.k, "features": cfg.features,
+        "model": name, "model_id": mid, "view": view, "parquet": out_dir, "k": cfg.k, "features": tasks.features,
         "which": cfg.which, "selected_posts": n_sel, "scored_posts": scored,
         "skipped_posts": st["skipped_posts"], "shards": st["shards"], "skipped_shards": st["skipped_shards"],
         "fallback_posts": int(fc[1:].sum()),

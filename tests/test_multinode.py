@@ -136,6 +136,7 @@ def test_score_tasks_run_on_nodes_without_the_store_and_equal_the_single_node_ru
     assert sum(tasks.values()) == got["scored_posts"] == ref["scored_posts"] == 120
     assert set(tasks) & set(ray_cluster.workers), f"no scoring task ran off the store's node: {tasks}"
     assert pl["feature_reads_and_writes"] == {ray_cluster.head: 120} and got["shipped_mb"] > 0
+    assert got["features"] == "ship"                                # auto on a cluster
     assert _parts(tmp_path / "ship-run" / "topk" / "PITF-IC-OD") == _parts(tmp_path / "ref-run" / "topk" / "PITF-IC-OD")
     # --features store: the tasks read the store themselves, so they stay on its node
     pinned = cluster_job("score", ray_cluster, None, *flags, "--store", str(tmp_path / "store"), "--features",

@@ -188,17 +188,21 @@ def test_rerun_skips_and_rebuilds_a_lost_part_file(scored):
 
 
 def test_interrupted_run_resumes_to_the_same_result(tmp_path, world, scored):
-    """A run that scored only some posts (as a killed run leaves), re-run for all: same output."""
+    """A run that scored only some posts (as a killed run leaves), re-run for all: same output.
+    The first run ships features from the driver, the others read the store in their tasks
+    (`--features auto` on a one-node Ray): the modes give the same top-k."""
     full_root, full = scored
     root = _build(tmp_path / "r", world)
     ids_file = tmp_path / "ids.txt"
     first = np.sort(world["post_id"])[[0, 5, 70, 71, 200, 299]]
     ids_file.write_text("\n".join(map(str, first)) + "\n")
-    s1 = J.run(_cfg(root, exclude_own_tags=True, which="list", post_ids_file=str(ids_file)))
+    s1 = J.run(_cfg(root, exclude_own_tags=True, which="list", post_ids_file=str(ids_file), features="ship"))
     assert s1["scored_posts"] == len(first) and s1["selected_posts"] == len(first)
+    assert s1["features"] == "ship" and s1["shipped_mb"] > 0
     assert sorted(_read_parts(root).column("post_id").to_pylist()) == first.tolist()
     s2 = J.run(_cfg(root, exclude_own_tags=True))
     assert s2["skipped_posts"] == len(first) and s2["scored_posts"] == N_POSTS - len(first)
+    assert s2["features"] == full["features"] == "store"       # auto, one node
     assert _read_parts(root).equals(_read_parts(full_root))
     ids = np.sort(world["post_id"])
     # each store under its own view name: models.recsys.save of equal tensors can differ in its
@@ -206,6 +210,14 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, world, scored):
     a, _ = Store.open(root / "store", readonly=True).reader(s2["view"]).get_many(ids)
     b, _ = Store.open(full_root / "store", readonly=True).reader(full["view"]).get_many(ids)
     assert a.tobytes() == b.tobytes()
+
+
+def test_features_auto_reads_the_store_on_one_node_and_ships_on_a_cluster():
+    from jobs._score_task import resolve_features
+
+    assert resolve_features([{"Alive": True}]) == "store"
+    assert resolve_features([{"Alive": True}, {"Alive": False}]) == "store"   # a dead node runs nothing
+    assert resolve_features([{"Alive": True}, {"Alive": True}]) == "ship"
 
 
 def test_untagged_only_without_exclusion(tmp_path, world, ray_local):

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _s3 import free_port
+from _s3 import free_port, stop_process_group
 
 START_TIMEOUT_S = 60
 # Every Google variable a developer's shell might hold: a test sees only the ones it sets.
@@ -125,13 +125,7 @@ def start_gcs(log_dir: Path) -> GcsServer:
 
 
 def stop_gcs(server: GcsServer) -> None:
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGTERM)
-        try:
-            server.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=10)
+    stop_process_group(server.proc)
 
 
 # --------------------------------------------------------------------------- the proxy, in its own process

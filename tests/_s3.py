@@ -139,14 +139,19 @@ def start_s3(log_dir: Path) -> S3Server:
     return server
 
 
-def stop_s3(server: S3Server) -> None:
-    if server.proc.poll() is None:
-        os.killpg(server.proc.pid, signal.SIGTERM)
+def stop_process_group(proc: subprocess.Popen) -> None:
+    """SIGTERM a server started in its own process group, SIGKILL if it lingers."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
         try:
-            server.proc.wait(timeout=10)
+            proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            os.killpg(server.proc.pid, signal.SIGKILL)
-            server.proc.wait(timeout=10)
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+
+def stop_s3(server: S3Server) -> None:
+    stop_process_group(server.proc)
 
 
 # --------------------------------------------------------------------------- the proxy

@@ -149,7 +149,7 @@ def _summary(cfg: ScoreConfig, wr: ShardWriter, tasks: ShardTasks, name: str, mi
                    "feature_reads_driver": round(tasks.ship_s, 3),
                    "store_reads_worker": round(st["read_s"], 3), "compute_worker": round(st["compute_s"], 3),
                    "writes": round(st["write_s"], 3)},
-        "shipped_mb": round(tasks.shipped_bytes / 2**20, 1),
+        "shipped_mb": round(tasks.shipped_bytes / 2**20, 3),
     }
     log.info("score: %d posts scored (%d skipped) in %.1fs, %.0f posts/s; %d with fallbacks; time %s",
              scored, st["skipped_posts"], wall, summary["posts_per_s"], summary["fallback_posts"],

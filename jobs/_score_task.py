@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from jobs._score_ship import ShippedFeatures, ship
+from jobs.errors import JobError
 from jobs.features import FeatureReader
 from models.csr import take_rows
 from models.recsys.data import IdIndex
@@ -110,11 +111,23 @@ def score_shard(ctx: ScoreContext, shard: int, post_ids: np.ndarray, user_ids: n
             "node": node_id()}
 
 
-def resolve_features(nodes: list[dict[str, Any]]) -> str:
-    """`--features auto` for the Ray cluster `nodes` (`ray.nodes()`): "store" when one node is
-    alive (shipping would only add the driver's reads to the cores the tasks use; measured in
-    benchmarks/results/score.md), "ship" when there are more, so tasks can run off the store's node."""
-    return "store" if sum(1 for n in nodes if n.get("Alive")) <= 1 else "ship"
+def resolve_features(nodes: list[dict[str, Any]], requested: str = "auto") -> str:
+    """The feature mode for the Ray cluster `nodes` (`ray.nodes()`). "auto": "store" when one
+    node is alive and it holds the store resource (shipping would only add the driver's reads
+    to the cores the tasks use; measured in benchmarks/results/score.md), else "ship", so tasks
+    can run off the store's node. JobError for "store" when no live node holds the resource
+    (the tasks could never be placed)."""
+    from jobs._ray import STORE_RESOURCE
+
+    alive = [n for n in nodes if n.get("Alive")]
+    holders = [n for n in alive if (n.get("Resources") or {}).get(STORE_RESOURCE, 0) > 0]
+    if requested == "store" and not holders:
+        raise JobError(f"--features store: no node of the Ray cluster has the '{STORE_RESOURCE}' resource, so "
+                       f"tasks reading the store could not be placed; start the store's node with "
+                       f"--resources '{{\"{STORE_RESOURCE}\": 1}}' or use --features ship")
+    if requested != "auto":
+        return requested
+    return "store" if len(alive) == 1 and holders else "ship"
 
 
 class ShardTasks:
@@ -151,8 +164,7 @@ class ShardTasks:
             from jobs._ray import STORE_RESOURCE, init_ray
 
             init_ray(self.ray_address, self.num_cpus)
-            if self.features == "auto":
-                self.features = resolve_features(ray.nodes())
+            self.features = resolve_features(ray.nodes(), self.features)
             # "store": a sliver of the resource only the store's node has pins the tasks there
             opts: dict[str, Any] = {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus}
             if self.features == "store":

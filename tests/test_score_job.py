@@ -215,9 +215,17 @@ def test_interrupted_run_resumes_to_the_same_result(tmp_path, world, scored):
 def test_features_auto_reads_the_store_on_one_node_and_ships_on_a_cluster():
     from jobs._score_task import resolve_features
 
-    assert resolve_features([{"Alive": True}]) == "store"
-    assert resolve_features([{"Alive": True}, {"Alive": False}]) == "store"   # a dead node runs nothing
-    assert resolve_features([{"Alive": True}, {"Alive": True}]) == "ship"
+    store = {"Alive": True, "Resources": {"CPU": 2.0, "store": 1.0}}
+    plain = {"Alive": True, "Resources": {"CPU": 2.0}}
+    assert resolve_features([store]) == "store"
+    assert resolve_features([store, {**plain, "Alive": False}]) == "store"   # a dead node runs nothing
+    assert resolve_features([store, plain]) == "ship"
+    # a head started without the store resource (ray start --head): store-reading tasks could
+    # never be placed, so auto ships and an explicit --features store is refused
+    assert resolve_features([plain]) == "ship"
+    assert resolve_features([plain], "ship") == "ship" and resolve_features([store, plain], "store") == "store"
+    with pytest.raises(JobError, match="--features store: no node of the Ray cluster has the 'store' resource"):
+        resolve_features([plain], "store")
 
 
 def test_untagged_only_without_exclusion(tmp_path, world, ray_local):

@@ -111,12 +111,13 @@ def score_shard(ctx: ScoreContext, shard: int, post_ids: np.ndarray, user_ids: n
             "node": node_id()}
 
 
-def resolve_features(nodes: list[dict[str, Any]], requested: str = "auto") -> str:
-    """The feature mode for the Ray cluster `nodes` (`ray.nodes()`). "auto": "store" when one
-    node is alive and it holds the store resource (shipping would only add the driver's reads
-    to the cores the tasks use; measured in benchmarks/results/score.md), else "ship", so tasks
-    can run off the store's node. JobError for "store" when no live node holds the resource
-    (the tasks could never be placed)."""
+def resolve_features(nodes: list[dict[str, Any]], requested: str = "auto", private: bool = True) -> str:
+    """The feature mode for the Ray cluster `nodes` (`ray.nodes()`). "auto": "store" on a
+    private one-node Ray this job started (shipping would only add the driver's reads to the
+    cores the tasks use; measured in benchmarks/results/score.md), else "ship": on a cluster the
+    tasks can then run off the store's node, and a driver submitted with the store resource as
+    its entrypoint resource holds all of it. JobError for "store" when no live node holds the
+    resource (the tasks could never be placed)."""
     from jobs._ray import STORE_RESOURCE
 
     alive = [n for n in nodes if n.get("Alive")]
@@ -127,7 +128,7 @@ def resolve_features(nodes: list[dict[str, Any]], requested: str = "auto") -> st
                        f"--resources '{{\"{STORE_RESOURCE}\": 1}}' or use --features ship")
     if requested != "auto":
         return requested
-    return "store" if len(alive) == 1 and holders else "ship"
+    return "store" if private and len(alive) == 1 and holders else "ship"
 
 
 class ShardTasks:
@@ -161,10 +162,11 @@ class ShardTasks:
         import ray
 
         if self._remote is None:
-            from jobs._ray import STORE_RESOURCE, init_ray
+            from jobs._ray import STORE_RESOURCE, init_ray, resolve_address
 
             init_ray(self.ray_address, self.num_cpus)
-            self.features = resolve_features(ray.nodes(), self.features)
+            private = resolve_address(self.ray_address) == "local"
+            self.features = resolve_features(ray.nodes(), self.features, private)
             # "store": a sliver of the resource only the store's node has pins the tasks there
             opts: dict[str, Any] = {"num_cpus": self.task_cpus, "num_gpus": self.task_gpus}
             if self.features == "store":

@@ -220,6 +220,7 @@ def test_features_auto_reads_the_store_on_one_node_and_ships_on_a_cluster():
     assert resolve_features([store]) == "store"
     assert resolve_features([store, {**plain, "Alive": False}]) == "store"   # a dead node runs nothing
     assert resolve_features([store, plain]) == "ship"
+    assert resolve_features([store], private=False) == "ship"   # joined a cluster (e.g. under ray job submit)
     # a head started without the store resource (ray start --head): store-reading tasks could
     # never be placed, so auto ships and an explicit --features store is refused
     assert resolve_features([plain]) == "ship"

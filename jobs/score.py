@@ -80,8 +80,8 @@ class ScoreConfig(ArchiveArgs, RayArgs):
     features: str = arg("auto", "how tasks get features: ship (the driver, on the store's node, reads each "
                                 "shard's vectors and sends them with the task: tasks run on any node), store "
                                 "(tasks read the store themselves: they run on the store's node only) or auto "
-                                "(store on a one-node Ray whose node holds the store resource, where shipping "
-                                "only adds the driver's reads to the same cores; ship otherwise)",
+                                "(store on the private one-node Ray a job starts itself, where shipping only "
+                                "adds the driver's reads to the same cores; ship on a joined cluster)",
                         choices=["auto", "ship", "store"])
     topk_out: str = arg("", "where the top-k Parquet parts go (<topk-out>/<MODEL>/part-*.parquet): a folder or "
                             "a URI (s3://bucket/prefix); empty: <out>/topk")

@@ -42,7 +42,9 @@ def scored(model, data) -> tuple[np.ndarray, np.ndarray]:
     return top, np.take_along_axis(scores, top, 1)
 
 
-def train_sgd(name: str, train, val, seed: int):
+def train_sgd(name: str, train, val, seed: int, patience_frac: float = 0.0):
+    """PITF or FM by per-sample SGD, early stopping on `val`'s F1@5 (patience 10, or
+    `patience_frac` × the best epoch when more)."""
     from models.recsys import get_model
     from models.recsys.bpr import BPRConfig
     from models.recsys.early_stopping import EarlyStopping
@@ -52,7 +54,7 @@ def train_sgd(name: str, train, val, seed: int):
     m = get_model(name, n_users=int(train.user_index.max()) + 1, n_items=int(train.item_index.max()) + 1,
                   n_tags=train.n_tags, dim=64, seed=seed)
     tr = SGDTrainer(m, train, BPRConfig(lr=0.05, reg=5e-5, seed=seed, kernel="sgd"))
-    es, best = EarlyStopping(patience=10, max_epochs=300), None
+    es, best = EarlyStopping(patience=10, patience_frac=patience_frac, max_epochs=300), None
     while not es.should_stop():
         tr.run_epoch(es.last_epoch)
         if es.update(es.last_epoch + 1, evaluate(m, val)["f1@5"]):

@@ -67,22 +67,9 @@ PHOTO_MODELS = ("PITF", "PITF-OD", "PITF-IC-OD", "FM-IC-OD")
 
 def train_sgd(name: str, train, stop, seed: int):
     """PITF or FM by per-sample SGD, early stopping on `stop`'s F1@5 with the pipeline's patience."""
-    from models.recsys import get_model
-    from models.recsys.bpr import BPRConfig
-    from models.recsys.early_stopping import EarlyStopping
-    from models.recsys.evaluate import evaluate
-    from models.recsys.sgd import SGDTrainer
+    from benchmarks.calibration import train_sgd as train_with_patience
 
-    m = get_model(name, n_users=int(train.user_index.max()) + 1, n_items=int(train.item_index.max()) + 1,
-                  n_tags=train.n_tags, dim=64, seed=seed)
-    tr = SGDTrainer(m, train, BPRConfig(lr=0.05, reg=5e-5, seed=seed, kernel="sgd"))
-    es, best = EarlyStopping(patience=10, patience_frac=1.0, max_epochs=300), None
-    while not es.should_stop():
-        tr.run_epoch(es.last_epoch)
-        if es.update(es.last_epoch + 1, evaluate(m, stop)["f1@5"]):
-            best = {k: v.clone() for k, v in m.params.items()}
-    m.params = best  # type: ignore[assignment]
-    return m
+    return train_with_patience(name, train, stop, seed, patience_frac=1.0)
 
 
 def model_lists(m, d) -> tuple[np.ndarray, np.ndarray]:

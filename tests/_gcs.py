@@ -13,7 +13,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,9 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from _s3 import free_port, stop_process_group
+from _s3 import free_port, stop_process_group, wait_until_up
 
-START_TIMEOUT_S = 60
 # Every Google variable a developer's shell might hold: a test sees only the ones it sets.
 GCS_VARS = ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT",
             "CLOUD_STORAGE_EMULATOR_ENDPOINT")
@@ -110,18 +108,9 @@ def start_gcs(log_dir: Path) -> GcsServer:
                                  "--port", str(port), "--in-memory"], stdout=f, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
     server = GcsServer(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"GCS emulator exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            json.loads(server._call("GET", "/storage/v1/b?project=test"))
-            return server
-        except (OSError, ValueError):
-            if time.monotonic() > deadline:
-                stop_gcs(server)
-                pytest.fail(f"GCS emulator not up after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    wait_until_up(proc, log, "GCS emulator", lambda: json.loads(server._call("GET", "/storage/v1/b?project=test")),
+                  errors=(OSError, ValueError))
+    return server
 
 
 def stop_gcs(server: GcsServer) -> None:

@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -112,18 +113,8 @@ def start_s3(log_dir: Path) -> S3Server:
         proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                                 stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     server = S3Server(f"http://127.0.0.1:{port}", proc, log)
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"moto server exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            urllib.request.urlopen(server.url + "/moto-api/data.json", timeout=2).read()
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                stop_s3(server)
-                pytest.fail(f"moto server not up after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
-            time.sleep(0.2)
+    wait_until_up(proc, log, "moto server", lambda: urllib.request.urlopen(server.url + "/moto-api/data.json",
+                                                                         timeout=2).read())
     import boto3
 
     # Unauthenticated until reset-auth below: make the users.
@@ -137,6 +128,24 @@ def start_s3(log_dir: Path) -> S3Server:
         server.keys[user] = (k["AccessKeyId"], k["SecretAccessKey"])
     _post(server.url + "/moto-api/reset-auth", b"0")      # from now on every request is checked
     return server
+
+
+def wait_until_up(proc: subprocess.Popen, log: Path, what: str, probe: Callable[[], object],
+                  errors: tuple[type[BaseException], ...] = (OSError,)) -> None:
+    """Poll `probe` until it succeeds; fail the test (stopping `proc`) if the server exits or is
+    not up within START_TIMEOUT_S."""
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"{what} exited with {proc.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            probe()
+            return
+        except errors:
+            if time.monotonic() > deadline:
+                stop_process_group(proc)
+                pytest.fail(f"{what} not up after {START_TIMEOUT_S}s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
 
 
 def stop_process_group(proc: subprocess.Popen) -> None:

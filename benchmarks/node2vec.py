@@ -25,7 +25,8 @@ Sections (`--only speed,planted,blogcatalog,tune`; all by default):
   paper's protocol (one-vs-rest logistic regression on 50% of the labelled users,
   top-k predictions, Macro-F1 and Micro-F1 averaged over `--splits` random splits);
 * tune (with blogcatalog): `jobs.embed_users --tune --labels` and `--tune` alone, wall
-  time and the Macro-F1 of the vectors they write.
+  time and the Macro-F1 of the vectors they write, and gensim on the same walks with the
+  p, q and epochs `--tune --labels` chose (the reference for the tuned quality).
 
 RATIO lines: > 1 means ours is faster or better. Quality ratios sit beside the speed ones.
 
@@ -367,15 +368,26 @@ def blogcatalog(args, tune: bool) -> None:
                 res[name] = (score_view(tmp / f"store-{name}", "user/node2vec@1", labels, args), t)
                 tuned = summary["tune"]
                 chosen = tuned["chosen"]
-                print(f"  BlogCatalog job --{name.replace('-', ' --')}: chose p={chosen['p']} q={chosen['q']}, "
+                pick = f"p={chosen['p']} q={chosen['q']} epochs={chosen.get('epochs', 1)}"
+                print(f"  BlogCatalog job --{name.replace('-', ' --')}: chose {pick}, "
                       f"{res[name][0]}, {t:.1f}s ({tuned['seconds']:.1f}s searching, {tuned['walks_per_node']} "
                       f"walks per node per point), load {load()}")
                 print("    grid: " + ", ".join(f"({pt['p']:g},{pt['q']:g}) {pt['score']:.4f}" for pt in tuned["points"]))
-                res[name][0]["chosen"] = f"p={chosen['p']} q={chosen['q']}"
+                print("    full runs: " + ", ".join(f"({pt['p']:g},{pt['q']:g}, {pt['epochs']} ep) {pt['score']:.4f}"
+                                               for pt in tuned["finalists"] + tuned.get("epoch_runs", [])))
+                res[name][0]["chosen"] = pick
+                if name == "tune-labels":   # the reference trainer with what the search chose, same walks
+                    ref = dict(p=chosen["p"], q=chosen["q"], epochs=chosen.get("epochs", 1))
+                    _, t = run_job(args, tmp, "tuned-gensim", sg_trainer="gensim", **ref)
+                    res["tuned-gensim"] = (score_view(tmp / "store-tuned-gensim", "user/node2vec@1", labels, args), t)
+                    res["tuned-gensim"][0]["chosen"] = pick
+                    print(f"  BlogCatalog job --sg-trainer gensim at the chosen {pick}: {res['tuned-gensim'][0]}, "
+                          f"{t:.1f}s, load {load()}")
         for name, (s, t) in res.items():
             what = {"numba": "job (numba)", "gensim": "job --sg-trainer gensim (same walks)",
                     "pecanpy": "PecanPy (gensim)", "tune-labels": "job --tune --labels",
-                    "tune-link": "job --tune (link prediction)"}[name]
+                    "tune-link": "job --tune (link prediction)",
+                    "tuned-gensim": "job --sg-trainer gensim, tuned p, q, epochs (same walks)"}[name]
             extra = f", {s['chosen']}" if "chosen" in s else ""
             row(f"BlogCatalog: {what}", f"Macro {s['macro_f1']:.4f}, Micro {s['micro_f1']:.4f}{extra}", t)
         if "numba" in res and "gensim" in res:
@@ -385,6 +397,9 @@ def blogcatalog(args, tune: bool) -> None:
         if "numba" in res and "pecanpy" in res:
             ratio("blogcatalog_macro_f1_numba_vs_pecanpy", res["numba"][0]["macro_f1"] / res["pecanpy"][0]["macro_f1"])
             ratio("blogcatalog_time_pecanpy_vs_numba_job", res["pecanpy"][1] / res["numba"][1])
+        if "tuned-gensim" in res:
+            ratio("blogcatalog_macro_f1_tuned_numba_vs_gensim",
+                  res["tune-labels"][0]["macro_f1"] / res["tuned-gensim"][0]["macro_f1"])
         if "tune-labels" in res:
             ratio("blogcatalog_macro_f1_tuned_vs_paper_0.2581", res["tune-labels"][0]["macro_f1"] / 0.2581)
 

@@ -86,7 +86,8 @@ def tune_settings(cfg: Any) -> TuneSettings:
     """TuneSettings from the job's flags (EmbedUsersConfig)."""
     return TuneSettings(p_grid=tuple(cfg.p_grid), q_grid=tuple(cfg.q_grid), walk_length=cfg.walk_length,
                         walks_per_node=cfg.walks_per_node, budget=cfg.tune_budget, max_nodes=cfg.tune_max_nodes,
-                        finalists=cfg.tune_finalists, seed=cfg.seed, threads=cfg.sg_workers)
+                        finalists=cfg.tune_finalists, epochs_grid=tuple(int(e) for e in cfg.tune_epochs),
+                        seed=cfg.seed, threads=cfg.sg_workers)
 
 
 def check_tune_config(cfg: Any) -> None:
@@ -111,7 +112,8 @@ def tune_request(cfg: Any) -> dict[str, Any]:
     """What a tuned view was asked for: equal requests give the same view (a re-run is a no-op)."""
     s = tune_settings(cfg)
     req: dict[str, Any] = {"p_grid": [float(v) for v in s.p_grid], "q_grid": [float(v) for v in s.q_grid],
-                           "budget": s.budget, "max_nodes": s.max_nodes, "finalists": s.finalists}
+                           "budget": s.budget, "max_nodes": s.max_nodes, "finalists": s.finalists,
+                           "epochs_grid": [int(e) for e in s.epochs_grid]}
     if cfg.labels:
         req["labels_sha256"] = file_digest(cfg.labels, cfg.label_column)
         req["label_column"] = cfg.label_column
@@ -125,15 +127,20 @@ def run_tune(cfg: Any, graph: Graph, sg: SkipGramConfig, y: np.ndarray | None) -
     n = min(graph.n_nodes, settings.max_nodes)            # the nodes tuned on
     first = tune_walks(settings, graph.n_nodes, n)
     finalists = min(settings.finalists, points) if first < settings.walks_per_node else 0
-    prog = Progress("embed_users tune", total=n * (points * first + finalists * settings.walks_per_node),
+    base = min(settings.epochs_grid)
+    more = sum(e for e in settings.epochs_grid if e != base) // base   # the winner's runs at more epochs
+    # progress counts walks trained on, an epoch over a walk once
+    prog = Progress("embed_users tune", total=n * (points * first + (finalists + more) * settings.walks_per_node),
                     unit="walks", every_s=30.0)
 
     def on_point(point: dict[str, Any]) -> None:
-        log.info("tune p=%g q=%g%s: score %.4f (%.1fs)", point["p"], point["q"],
-                 " (finalist, every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
-        prog.update(n * (settings.walks_per_node if point.get("finalist") else first))
+        log.info("tune p=%g q=%g epochs=%d%s: score %.4f (%.1fs)", point["p"], point["q"], point["epochs"],
+                 " (every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
+        walks = settings.walks_per_node if point.get("finalist") else first
+        prog.update(n * walks * point["epochs"] // base)
 
     result = tune(graph, settings, sg, y=y, on_point=on_point)
     prog.close()
-    log.info("tune: chose p=%g q=%g (%s, %s)", result.p, result.q, result.scoring, result.sample["how"])
+    log.info("tune: chose p=%g q=%g epochs=%d (%s, %s)", result.p, result.q, result.epochs, result.scoring,
+             result.sample["how"])
     return result

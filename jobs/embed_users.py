@@ -87,11 +87,15 @@ class EmbedUsersConfig(ArchiveArgs, RayArgs):
                           "grid point by Macro-F1 of one-vs-rest logistic regression on held-out users")
     label_column: str = arg("label", "--labels: name of the label column (integer or string)")
     tune_budget: float = arg(12.0, "--tune: the search costs about this many full embeddings (grid points "
-                                   "train on fewer walks per node, then the finalists on all)")
+                                   "train on fewer walks per node, then the finalists on all, then the "
+                                   "winner at more --tune-epochs)")
     tune_max_nodes: int = arg(100_000, "--tune: larger graphs are tuned on a breadth-first sample of this "
                                        "many users")
     tune_finalists: int = arg(2, "--tune: the best grid points trained again on every walk before choosing "
                                  "(part of the budget; 0: choose from the short runs)")
+    tune_epochs: list[int] = arg([1, 2], "--tune: skip-gram epochs to try (comma separated; --epochs is then "
+                                         "ignored): the grid trains the fewest, the chosen p, q is trained "
+                                         "again with each of the others on every walk, and the best score wins")
 
 
 def check_config(cfg: EmbedUsersConfig) -> None:
@@ -240,7 +244,7 @@ def producer(cfg: EmbedUsersConfig, graph: Graph, tuned: dict[str, Any] | None =
     return prod
 
 
-_TUNE_OUTCOME = ("p", "q", "tune")   # what --tune decides: not known before it runs
+_TUNE_OUTCOME = ("p", "q", "epochs", "tune")   # what --tune decides: not known before it runs
 
 
 def write_vectors(cfg: EmbedUsersConfig, graph: Graph, vecs: np.ndarray, prod: dict[str, Any]) -> None:
@@ -318,7 +322,9 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
     elif cfg.tune:
         tuned = {**run_tune(cfg, graph, sg, y).record(), **(request or {}), **label_report}
     if tuned is not None:
-        cfg = dataclasses.replace(cfg, p=tuned["chosen"]["p"], q=tuned["chosen"]["q"])
+        chosen = tuned["chosen"]
+        cfg = dataclasses.replace(cfg, p=chosen["p"], q=chosen["q"], epochs=int(chosen.get("epochs", cfg.epochs)))
+        sg = skipgram_config(cfg)   # the chosen epochs
     prod = producer(cfg, graph, tuned)
     from jobs._ray import init_ray, node_id, placement
 
@@ -353,7 +359,7 @@ def run(cfg: EmbedUsersConfig) -> dict[str, Any]:
             "ray_start_s": round(t_ray, 3), "walk_steps": steps, "walk_s": round(t_walk, 3),
             "walk_steps_per_s": round(steps / max(t_walk, 1e-9)), "skipgram_s": round(t_sg, 3),
             "skipgram_tokens_per_s": round(steps * sg.epochs / max(t_sg, 1e-9)), "written": graph.n_nodes,
-            **({"p": cfg.p, "q": cfg.q, "tune": tuned} if tuned is not None else {}),
+            **({"p": cfg.p, "q": cfg.q, "epochs": cfg.epochs, "tune": tuned} if tuned is not None else {}),
             # walks spread over the cluster; skip-gram and the store writes run in this driver
             "placement": placement(walks=walk_nodes, skipgram_and_writes={node_id(): graph.n_nodes})}
 

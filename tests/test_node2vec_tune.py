@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from scipy.sparse import csr_matrix
@@ -112,12 +114,13 @@ def test_bfs_sample_and_induced_subgraph():
 
 
 def test_tune_walks_keep_the_budget():
-    s = TuneSettings(walks_per_node=10, budget=10, finalists=0)      # 25 points
+    s = TuneSettings(walks_per_node=10, budget=10, finalists=0, epochs_grid=(1,))      # 25 points
     assert tune_walks(s, 10_000, 10_000) == 4           # 25 x 4 walks = 10 runs of 10 walks
-    s2 = TuneSettings(walks_per_node=10, budget=12, finalists=2)     # the defaults
+    s2 = TuneSettings(walks_per_node=10, budget=12, finalists=2, epochs_grid=(1, 2))     # the defaults
     assert s2 == TuneSettings()
-    assert tune_walks(s2, 10_000, 10_000) == 4          # 25 x 4 walks + 2 full runs = 12 runs
+    assert tune_walks(s2, 10_000, 10_000) == 3          # 25 x 3 walks + 2 full runs + one of 2 epochs <= 12
     assert tune_walks(s2, 10**6, 10**5) == 10           # sampled: never more than the full run
+    assert tune_walks(TuneSettings(budget=14, finalists=2, epochs_grid=(2, 4)), 10_000, 10_000) == 4
     assert tune_walks(TuneSettings(budget=0.5), 100, 100) == 1
 
 
@@ -148,7 +151,7 @@ SG = SkipGramConfig(dim=32, window=5, workers=1)
 def test_labels_find_the_planted_q(seed):
     g, y = cliques(seed)
     s = TuneSettings(p_grid=(1.0,), q_grid=(0.25, 4.0), walk_length=40, walks_per_node=10, budget=2, seed=seed,
-                     threads=1, train_frac=0.2, finalists=0)   # two labelled nodes per community to learn from
+                     threads=1, train_frac=0.2, finalists=0, epochs_grid=(1,))   # two labelled nodes per community to learn from
     res = tune(g, s, SG, y=y)
     by_q = {pt["q"]: pt["macro_f1"] for pt in res.points}
     assert (res.p, res.q) == (1.0, 4.0)
@@ -159,13 +162,14 @@ def test_link_scoring_records_every_point_and_picks_the_best():
     g, _ = cliques(0, across=3.0)
     seen = []
     s = TuneSettings(p_grid=(0.5, 2.0), q_grid=(0.5, 1.0, 2.0), walk_length=20, walks_per_node=4, budget=3,
-                     seed=0, threads=1, finalists=0)
+                     seed=0, threads=1, finalists=0, epochs_grid=(1,))
     res = tune(g, s, SG, on_point=seen.append)
     rec = res.record()
     assert [(pt["p"], pt["q"]) for pt in rec["points"]] == [(p, q) for p in (0.5, 2.0) for q in (0.5, 1.0, 2.0)]
     assert seen == rec["points"]
     best = max(rec["points"], key=lambda pt: pt["score"])
-    assert rec["chosen"] == {"p": best["p"], "q": best["q"]} == {"p": res.p, "q": res.q}
+    assert rec["chosen"] == {"p": best["p"], "q": best["q"], "epochs": 1} == {"p": res.p, "q": res.q, "epochs": 1}
+    assert rec["epoch_runs"] == []
     assert all(pt["score"] == pt["auc"] > 0.55 for pt in rec["points"])   # the graph's structure is found
     assert res.q == 2.0     # short walks that stay in their clique predict its held-out edges best
     assert rec["walks_per_node"] == tune_walks(s, 500, 500) == 2
@@ -176,7 +180,7 @@ def test_finalists_are_the_best_points_trained_on_every_walk():
     g, y = cliques(0)
     seen = []
     s = TuneSettings(p_grid=(0.5, 1.0, 2.0), q_grid=(0.25, 4.0), walk_length=20, walks_per_node=6, budget=3,
-                     seed=0, threads=1, finalists=2)
+                     seed=0, threads=1, finalists=2, epochs_grid=(1,))
     res = tune(g, s, SG, y=y, on_point=seen.append)
     assert res.walks_per_node == 1                     # (3 - 2 full runs) * 6 walks / 6 points
     top = sorted(res.points, key=lambda pt: -pt["score"])[:2]
@@ -185,6 +189,33 @@ def test_finalists_are_the_best_points_trained_on_every_walk():
     assert (res.p, res.q) == (best["p"], best["q"])
     assert [pt for pt in seen if pt.get("finalist")] == [{**f, "finalist": True} for f in res.finalists]
     assert res.record()["finalists"] == res.finalists
+
+
+def test_the_winner_is_trained_again_for_more_epochs_and_the_best_run_wins():
+    """One walk of 10 steps per node leaves 1 epoch far from trained: 6 epochs must win, with
+    the winning p, q, a full run each, and the choice recorded."""
+    g, y = cliques(0)
+    seen = []
+    s = TuneSettings(p_grid=(1.0, 2.0), q_grid=(4.0,), walk_length=10, walks_per_node=2, budget=4, seed=0,
+                     threads=1, train_frac=0.2, finalists=1, epochs_grid=(1, 6))
+    assert tune_walks(s, 500, 500) == 1                # (4 - 1 finalist - 6 epochs / 1) < 0: at least one walk
+    res = tune(g, s, SG, y=y, on_point=seen.append)
+    (fin,) = res.finalists
+    (more,) = res.epoch_runs
+    assert fin["epochs"] == 1 and more["epochs"] == 6 and (more["p"], more["q"]) == (fin["p"], fin["q"])
+    assert more["macro_f1"] > fin["macro_f1"] + 0.05
+    assert (res.p, res.q, res.epochs) == (fin["p"], fin["q"], 6)
+    assert res.record()["chosen"] == {"p": fin["p"], "q": fin["q"], "epochs": 6}
+    assert seen[-1] == {**more, "finalist": True}
+    # without finalists and with short first-round runs, the winner gets a full run to compare with
+    res0 = tune(g, replace(s, finalists=0), SG, y=y)
+    assert [r["epochs"] for r in res0.epoch_runs] == [1, 6] and res0.epochs == 6
+
+
+@pytest.mark.parametrize("grid", [(), (0,), (1, 1), (1.5,)])
+def test_bad_epochs_grid(grid):
+    with pytest.raises(ModelError, match="tune-epochs"):
+        TuneSettings(epochs_grid=grid).check()
 
 
 def test_large_graphs_are_tuned_on_a_sample():

@@ -83,7 +83,7 @@ class TrainConfig(ArchiveArgs, RayArgs):
                                   "--num-workers <= 1, the batched torch step for the others), sgd, torch",
                           choices=list(KERNELS))
     sgd_threads: int = arg(1, "per-sample SGD kernel: Hogwild threads (1: deterministic, bit-reproducible)")
-    sgd_negatives: int = arg(4, "per-sample SGD kernel: each negative tag is the one the model scores highest "
+    sgd_negatives: int = arg(4, "both BPR kernels: each negative tag is the one the model scores highest "
                                 "among this many uniform draws (hard negatives keep BPR's gradient alive, so "
                                 "training converges in fewer epochs; 1: uniform, the paper's Algorithm 1)")
     tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5, each point "

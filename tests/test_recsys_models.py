@@ -11,7 +11,7 @@ import torch
 from models.errors import ModelError, NumericalError
 from models.recsys import get_model, list_models, load, required_features, save
 from models.recsys._synthetic import make_synthetic
-from models.recsys.bpr import BPRConfig, sample_negatives, train_bpr
+from models.recsys.bpr import BPRConfig, hardest_of, sample_negatives, train_bpr
 from models.recsys.bpr_step import bpr_step_autograd, bpr_step_fused, bpr_step_reference
 from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
@@ -151,6 +151,20 @@ def test_fused_and_autograd_steps_match_the_reference(name, seed, cap):
     for k in models[0].params:
         torch.testing.assert_close(models[1].params[k], models[0].params[k], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(models[2].params[k], models[0].params[k], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["PITF", "FM", "PITF-IC-OD+SN", "FM-OD"])
+def test_hardest_negative_is_the_highest_scored_candidate(name):
+    m = _build(name, seed=2)
+    m.params = {k: v + 0.3 * torch.randn_like(v) for k, v in m.params.items()}  # nonzero bias too
+    b = _batch(n=6, seed=2)
+    inp = m.inputs(b)
+    rows = torch.as_tensor([0, 3, 3, 5, 1, 2, 4, 0])           # samples of the batch's posts, repeats too
+    cands = torch.as_tensor(np.random.default_rng(2).integers(0, T, (4, 8)))
+    got = hardest_of(m, inp, rows, cands)
+    for j in range(8):
+        ref = [float(score_reference(m, inp, int(rows[j]), int(t))) for t in cands[:, j]]
+        assert int(got[j]) == int(cands[int(np.argmax(ref)), j])
 
 
 def test_negatives_are_never_positive():

@@ -55,7 +55,7 @@ class BPRConfig:
     max_row_samples: int = MAX_ROW_SAMPLES  # C: a row's step is at most C samples' worth
     kernel: str = "torch"  # "torch": the batched step; "sgd": per-sample numba SGD (`sgd.py`); "auto": see `use_sgd`
     threads: int = 1       # per-sample SGD: Hogwild threads (1: deterministic)
-    negatives: int = 1     # per-sample SGD: t- is the highest-scored of this many uniform draws (1: Algorithm 1)
+    negatives: int = 1     # t- is the highest-scored of this many uniform draws (1: Algorithm 1; both kernels)
 
 
 KERNELS = ("auto", "sgd", "torch")
@@ -96,6 +96,18 @@ def sample_negatives(post: np.ndarray, pos_codes: np.ndarray, n_tags: int, rng: 
             return neg
         neg[todo] = rng.integers(0, n_tags, len(todo))
     raise ModelError("could not draw a negative tag in 1000 tries: a post carries nearly every tag")
+
+
+@torch.no_grad()
+def hardest_of(model: Any, inp: dict[str, torch.Tensor], rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+    """(B,) the candidate negative the model scores highest for each sample; cands (K, B)
+    tag indices, rows (B,) each sample's row of `inp` (the step's distinct posts)."""
+    scores = torch.zeros(cands.shape, device=cands.device)
+    for (tname, _), pv in zip(model.blocks(), model.block_vectors(inp)):
+        scores += (model.params[tname][cands] * pv.index_select(0, rows)[None]).sum(-1)   # (K, B)
+    if model.spec.has_bias:
+        scores += model.params["bias"][cands]
+    return cands.gather(0, scores.argmax(0, keepdim=True))[0]
 
 
 # --------------------------------------------------------------------------- training
@@ -219,6 +231,10 @@ class BPRTrainer(Trainer):
             rows_t = torch.as_tensor(rows.reshape(-1), device=dev)
             pos_t = torch.as_tensor(self.tag[chunk], device=dev)
             neg_t = torch.as_tensor(neg, device=dev)
+            if cfg.negatives > 1:   # adaptive oversampling, as the per-sample kernel does
+                more = [sample_negatives(post, self.pos_codes, self.data.n_tags, rng) for _ in range(cfg.negatives - 1)]
+                cands = torch.as_tensor(np.stack([neg, *more]), device=dev)
+                neg_t = hardest_of(self.model, inp, rows_t, cands)
             if self.world == 1:
                 loss_sum += bpr_step_fused(self.model, inp, pos_t, neg_t, cfg.lr, cfg.reg, rows_t,
                                            cfg.max_row_samples)

@@ -15,16 +15,17 @@ and is scored by one of:
 The search costs about `budget` full embeddings, in two rounds (successive halving):
 every grid point trains on fewer walks per node, then the `finalists` best are trained
 again on the full walk count and scored again (label scoring: on twice the splits), and
-the best of those wins. Last, the winner is trained on every walk for each further number of
-skip-gram epochs in `epochs_grid` and scored again; the best of those wins (the paper trains one
-epoch; how many a graph needs depends on the graph: on BlogCatalog a second epoch adds ~0.02
-Macro-F1, on planted partitions it costs a little link AUC and 10-NN rate,
-benchmarks/results/node2vec.md). A short run ranks the grid roughly as a full one does, but not
-closely enough to pick between its best few, and too short a run (too few walks per
+the best of those wins. Last, the winner is trained on every walk for each further number
+of skip-gram epochs in `epochs_grid` and scored again, and the best of those wins: the paper
+trains one epoch, but how many a graph needs depends on the graph (a second epoch raises
+BlogCatalog's Macro-F1 and lowers a planted partition's 10-NN community rate:
+benchmarks/results/node2vec.md). A short run ranks the grid roughly as a full one does, but
+not closely enough to pick between its best few, and too short a run (too few walks per
 node for the graph) ranks it at random: at the default budget, 12, the 25-point grid
-trains on 3 of 10 walks per node, 2 finalists on all 10 and the winner for a second epoch. Graphs over `max_nodes` nodes are
-tuned on a breadth-first sample of that many nodes (the induced subgraph, grown from
-random seed nodes — labelled ones when scoring by labels — so neighbourhoods stay whole).
+trains on 3 of 10 walks per node, 2 finalists on all 10 and the winner for a second epoch.
+Graphs over `max_nodes` nodes are tuned on a breadth-first sample of that many nodes (the
+induced subgraph, grown from random seed nodes — labelled ones when scoring by labels — so
+neighbourhoods stay whole).
 
     result = tune(graph, TuneSettings(...), sg=SkipGramConfig(...), y=None)
     result.p, result.q, result.epochs, result.record()   # the choice; every run's score, as JSON
@@ -314,5 +315,4 @@ def tune(graph: Graph, settings: TuneSettings, sg: SkipGramConfig, y: np.ndarray
                                                              "splits": settings.splits})
     return TuneResult(p=chosen["p"], q=chosen["q"], epochs=int(chosen["epochs"]), scoring=scoring, points=points,
                       sample=sample, walks_per_node=walks_per_node, finalists=finalists, epoch_runs=epoch_runs,
-                      settings=s,
-                      seconds=time.perf_counter() - t0)
+                      settings=s, seconds=time.perf_counter() - t0)

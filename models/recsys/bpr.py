@@ -232,8 +232,9 @@ class BPRTrainer(Trainer):
             pos_t = torch.as_tensor(self.tag[chunk], device=dev)
             neg_t = torch.as_tensor(neg, device=dev)
             if cfg.negatives > 1:   # adaptive oversampling, as the per-sample kernel does
-                more = [sample_negatives(post, self.pos_codes, self.data.n_tags, rng) for _ in range(cfg.negatives - 1)]
-                cands = torch.as_tensor(np.stack([neg, *more]), device=dev)
+                draws = [neg, *(sample_negatives(post, self.pos_codes, self.data.n_tags, rng)
+                                for _ in range(cfg.negatives - 1))]
+                cands = torch.as_tensor(np.stack(draws), device=dev)
                 neg_t = hardest_of(self.model, inp, rows_t, cands)
             if self.world == 1:
                 loss_sum += bpr_step_fused(self.model, inp, pos_t, neg_t, cfg.lr, cfg.reg, rows_t,

@@ -200,11 +200,19 @@ def synth():
     return s, _data(s.train, s.n_tags), _data(s.test, s.n_tags)
 
 
-def _fit(name, synth, epochs=25):
+def _fit(name, synth, epochs=25, negatives=1):
     s, tr, te = synth
     m = get_model(name, n_users=s.n_users, n_items=len(tr), n_tags=s.n_tags, dim=16, sn_dim=16, seed=0)
-    train_bpr(m, tr, BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=epochs, seed=0))
+    train_bpr(m, tr, BPRConfig(lr=0.05, reg=1e-4, batch_size=128, epochs=epochs, seed=0, negatives=negatives))
     return m
+
+
+def test_torch_step_with_hard_negatives_learns_the_planted_signal(synth):
+    _, _, te = synth
+    uniform = evaluate(_fit("PITF-IC-OD", synth), te)["f1@5"]
+    hard = evaluate(_fit("PITF-IC-OD", synth, negatives=4), te)["f1@5"]
+    plain = evaluate(_fit("PITF", synth, negatives=4), te)["f1@5"]
+    assert hard > plain + 0.1 and hard > uniform - 0.03, (hard, uniform, plain)
 
 
 def test_content_models_beat_pitf_and_fm(synth):

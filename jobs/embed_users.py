@@ -1,6 +1,6 @@
 """`python -m jobs.embed_users`: node2vec user vectors into the feature store.
 
-    read users (posts) and edges -> CSR graph -> [--tune: p, q by grid search] -> p/q walks
+    read users (posts) and edges -> CSR graph -> [--tune: p, q, epochs by grid search] -> p/q walks
     (Ray tasks over shards of start nodes, CSR arrays put once in the object store) ->
     skip-gram (numba or gensim) -> view user/node2vec@1 keyed by user_id
 

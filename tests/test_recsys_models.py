@@ -161,7 +161,7 @@ def test_hardest_negative_is_the_highest_scored_candidate(name):
     inp = m.inputs(b)
     rows = torch.as_tensor([0, 3, 3, 5, 1, 2, 4, 0])           # samples of the batch's posts, repeats too
     cands = torch.as_tensor(np.random.default_rng(2).integers(0, T, (4, 8)))
-    got = hardest_of(m, inp, rows, cands)
+    got = hardest_of(m, m.block_vectors(inp), rows, cands)
     for j in range(8):
         ref = [float(score_reference(m, inp, int(rows[j]), int(t))) for t in cands[:, j]]
         assert int(got[j]) == int(cands[int(np.argmax(ref)), j])

@@ -99,11 +99,12 @@ def sample_negatives(post: np.ndarray, pos_codes: np.ndarray, n_tags: int, rng: 
 
 
 @torch.no_grad()
-def hardest_of(model: Any, inp: dict[str, torch.Tensor], rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
+def hardest_of(model: Any, post_vecs: list[torch.Tensor], rows: torch.Tensor, cands: torch.Tensor) -> torch.Tensor:
     """(B,) the candidate negative the model scores highest for each sample; cands (K, B)
-    tag indices, rows (B,) each sample's row of `inp` (the step's distinct posts)."""
+    tag indices, post_vecs `model.block_vectors(inp)` of the step's distinct posts, rows (B,)
+    each sample's row of them."""
     scores = torch.zeros(cands.shape, device=cands.device)
-    for (tname, _), pv in zip(model.blocks(), model.block_vectors(inp)):
+    for (tname, _), pv in zip(model.blocks(), post_vecs):
         scores += (model.params[tname][cands] * pv.index_select(0, rows)[None]).sum(-1)   # (K, B)
     if model.spec.has_bias:
         scores += model.params["bias"][cands]
@@ -231,25 +232,28 @@ class BPRTrainer(Trainer):
             rows_t = torch.as_tensor(rows.reshape(-1), device=dev)
             pos_t = torch.as_tensor(self.tag[chunk], device=dev)
             neg_t = torch.as_tensor(neg, device=dev)
+            post_vecs = None
             if cfg.negatives > 1:   # adaptive oversampling, as the per-sample kernel does
                 draws = [neg, *(sample_negatives(post, self.pos_codes, self.data.n_tags, rng)
                                 for _ in range(cfg.negatives - 1))]
                 cands = torch.as_tensor(np.stack(draws), device=dev)
-                neg_t = hardest_of(self.model, inp, rows_t, cands)
+                with torch.no_grad():   # projected once: the step's gradients use the same vectors
+                    post_vecs = self.model.block_vectors(inp)
+                neg_t = hardest_of(self.model, post_vecs, rows_t, cands)
             if self.world == 1:
                 loss_sum += bpr_step_fused(self.model, inp, pos_t, neg_t, cfg.lr, cfg.reg, rows_t,
-                                           cfg.max_row_samples)
+                                           cfg.max_row_samples, post_vecs)
             else:
-                loss_sum += self._synced_step(inp, pos_t, neg_t, rows_t)
+                loss_sum += self._synced_step(inp, pos_t, neg_t, rows_t, post_vecs)
         return float(loss_sum), n
 
     @torch.no_grad()
     def _synced_step(self, inp: dict[str, torch.Tensor], pos: torch.Tensor, neg: torch.Tensor,
-                     rows: torch.Tensor | None = None) -> torch.Tensor:
+                     rows: torch.Tensor | None = None, post_vecs: list[torch.Tensor] | None = None) -> torch.Tensor:
         """Local rows updated locally; shared parameters' gradients summed across workers."""
         model, cfg = self.model, self.cfg
         cap = cfg.max_row_samples
-        loss, grads = bpr_grads(model, inp, pos, neg, cfg.reg, rows)
+        loss, grads = bpr_grads(model, inp, pos, neg, cfg.reg, rows, post_vecs)
         counts = touch_counts(model, inp, pos, neg, rows)
         # Users live on one worker: local counts are global counts.
         local: Grads = cap_grads({"user": grads.pop("user")}, counts, cap) if "user" in grads else {}

@@ -47,18 +47,22 @@ Grads = dict[str, "torch.Tensor | tuple[torch.Tensor, torch.Tensor]"]  # dense, 
 
 
 def bpr_grads(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
-              neg: torch.Tensor, reg: float, rows: torch.Tensor | None = None) -> tuple[torch.Tensor, Grads]:
+              neg: torch.Tensor, reg: float, rows: torch.Tensor | None = None,
+              post_vecs: list[torch.Tensor] | None = None) -> tuple[torch.Tensor, Grads]:
     """(summed BPR loss, gradients) for B samples (post, pos[b], neg[b]); no autograd.
 
     inp: `model.inputs(...)` of the batch's posts: one row per sample (rows=None), or one
     row per *distinct* post with rows (B,) naming each sample's post — then each post's
     features are projected once and its samples' gradients summed before the W gradient,
     so the cost of the (d × k) projections scales with distinct posts, not samples.
+    post_vecs: `model.block_vectors(inp)` when the caller has them already (the hard-negative
+    draw projects the same posts with the same parameters).
     Row tables come back as (idx, values) pairs to scatter-add, dense parameters as tensors.
     """
     p = model.params
     blocks = model.blocks()
-    post_vecs = model.block_vectors(inp)  # [(n_posts, k)]
+    if post_vecs is None:
+        post_vecs = model.block_vectors(inp)  # [(n_posts, k)]
     if rows is not None:
         post_vecs = [pv.index_select(0, rows) for pv in post_vecs]  # [(B, k)]
     x = torch.zeros(len(pos), device=pos.device)
@@ -154,10 +158,10 @@ def apply_grads(model: FactorizationModel, grads: Grads, lr: float) -> None:
 @torch.no_grad()
 def bpr_step_fused(model: FactorizationModel, inp: dict[str, torch.Tensor], pos: torch.Tensor,
                    neg: torch.Tensor, lr: float, reg: float, rows: torch.Tensor | None = None,
-                   cap: int = MAX_ROW_SAMPLES) -> torch.Tensor:
-    """One BPR step in place (see `bpr_grads` for rows, the module docstring for cap);
-    returns the summed loss (0-d, not synchronised)."""
-    loss, grads = bpr_grads(model, inp, pos, neg, reg, rows)
+                   cap: int = MAX_ROW_SAMPLES, post_vecs: list[torch.Tensor] | None = None) -> torch.Tensor:
+    """One BPR step in place (see `bpr_grads` for rows and post_vecs, the module docstring for
+    cap); returns the summed loss (0-d, not synchronised)."""
+    loss, grads = bpr_grads(model, inp, pos, neg, reg, rows, post_vecs)
     apply_grads(model, cap_grads(grads, touch_counts(model, inp, pos, neg, rows), cap), lr)
     return loss
 

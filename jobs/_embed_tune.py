@@ -128,16 +128,17 @@ def run_tune(cfg: Any, graph: Graph, sg: SkipGramConfig, y: np.ndarray | None) -
     first = tune_walks(settings, graph.n_nodes, n)
     finalists = min(settings.finalists, points) if first < settings.walks_per_node else 0
     base = min(settings.epochs_grid)
-    more = sum(e for e in settings.epochs_grid if e != base) // base   # the winner's runs at more epochs
-    # progress counts walks trained on, an epoch over a walk once
-    prog = Progress("embed_users tune", total=n * (points * first + (finalists + more) * settings.walks_per_node),
-                    unit="walks", every_s=30.0)
+    more = sum(e for e in settings.epochs_grid if e != base)   # epochs of the winner's further runs
+    # progress counts walks trained on, once per epoch
+    prog = Progress("embed_users tune", unit="walks",
+                    total=n * (base * (points * first + finalists * settings.walks_per_node)
+                               + more * settings.walks_per_node), every_s=30.0)
 
     def on_point(point: dict[str, Any]) -> None:
         log.info("tune p=%g q=%g epochs=%d%s: score %.4f (%.1fs)", point["p"], point["q"], point["epochs"],
                  " (every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
         walks = settings.walks_per_node if point.get("finalist") else first
-        prog.update(n * walks * point["epochs"] // base)
+        prog.update(n * walks * point["epochs"])
 
     result = tune(graph, settings, sg, y=y, on_point=on_point)
     prog.close()

@@ -3,8 +3,8 @@
     python benchmarks/calibration.py [--seeds 3] [--quick]
 
 On a generated folksonomy (`jobs._synth_folksonomy`, 10-core, one validation and one test
-post per user) PITF and FM are trained with the per-sample SGD trainer and early stopping
-on validation F1@5, and user-item-popular is fitted (its mix weight chosen on validation).
+post per user) PITF and FM are trained with the per-sample SGD trainer at the pipeline's
+defaults (early stopping on validation F1@5), and user-item-popular is fitted (its mix weight chosen on validation).
 For each, every calibrator of `models.calibration` (isotonic or Platt, one map or one per
 rank) is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test
 posts. Reported per method: the precision reached on test at targets 0.5 / 0.7 / 0.9
@@ -42,23 +42,27 @@ def scored(model, data) -> tuple[np.ndarray, np.ndarray]:
     return top, np.take_along_axis(scores, top, 1)
 
 
-def train_sgd(name: str, train, val, seed: int, patience_frac: float = 0.0):
-    """PITF or FM by per-sample SGD, early stopping on `val`'s F1@5 (patience 10, or
-    `patience_frac` × the best epoch when more)."""
+def train_sgd(name: str, train, val, seed: int):
+    """PITF or FM by per-sample SGD with the pipeline's defaults (`jobs.train.TrainConfig`: dim,
+    lr, reg, negative draws, early stopping on `val`'s F1@5 with its patience and epoch cap)."""
+    from jobs.train import TrainConfig
     from models.recsys import get_model
     from models.recsys.bpr import BPRConfig
     from models.recsys.early_stopping import EarlyStopping
     from models.recsys.evaluate import evaluate
     from models.recsys.sgd import SGDTrainer
 
+    d = TrainConfig()
     m = get_model(name, n_users=int(train.user_index.max()) + 1, n_items=int(train.item_index.max()) + 1,
-                  n_tags=train.n_tags, dim=64, seed=seed)
-    tr = SGDTrainer(m, train, BPRConfig(lr=0.05, reg=5e-5, seed=seed, kernel="sgd"))
-    es, best = EarlyStopping(patience=10, patience_frac=patience_frac, max_epochs=300), None
+                  n_tags=train.n_tags, dim=d.dim, seed=seed)
+    tr = SGDTrainer(m, train, BPRConfig(lr=d.lr, reg=d.reg, seed=seed, kernel="sgd", negatives=d.sgd_negatives))
+    es = EarlyStopping(patience=d.patience, patience_frac=d.patience_frac, max_epochs=d.epochs)
+    best = None
     while not es.should_stop():
         tr.run_epoch(es.last_epoch)
         if es.update(es.last_epoch + 1, evaluate(m, val)["f1@5"]):
             best = {k: v.clone() for k, v in m.params.items()}
+    tr.close()
     m.params = best  # type: ignore[assignment]
     return m
 

@@ -5,8 +5,8 @@
 Two kinds of archive, each over several seeds:
 
 - **folksonomy** (`jobs._synth_folksonomy`, 10-core, one validation and one test post per
-  user): PITF and FM trained with the per-sample SGD trainer and early stopping on
-  validation F1@5 (the pipeline's patience), and user-item-popular (mix weight chosen on
+  user): PITF and FM trained with the per-sample SGD trainer at the pipeline's defaults
+  (early stopping on validation F1@5), and user-item-popular (mix weight chosen on
   validation). The validation posts are also split in two halves by a seeded permutation,
   A and B, and each model is trained again stopping on A alone and on B alone.
 - **photo** (`jobs.synth`, the archive of tests/test_cold_start.py: 8,000 posts, 1,000
@@ -46,6 +46,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.calibration import train_sgd  # noqa: E402  (PITF/FM at the pipeline's defaults)
 from models.calibration import (  # noqa: E402
     MIN_BLOCK,
     MISS_TOLERANCE,
@@ -63,13 +64,6 @@ FOLDS = (("fold means", 0.0, "tail"), ("fold tail z=1", 1.0, "tail"))
 PHOTO_ARCHIVE = dict(num_users=1000, num_posts=8000, num_tags=200, num_communities=5)
 PHOTO_TRAIN = dict(dim=32, epochs=15, lr=0.05, reg=1e-4, batch_size=1024)
 PHOTO_MODELS = ("PITF", "PITF-OD", "PITF-IC-OD", "FM-IC-OD")
-
-
-def train_sgd(name: str, train, stop, seed: int):
-    """PITF or FM by per-sample SGD, early stopping on `stop`'s F1@5 with the pipeline's patience."""
-    from benchmarks.calibration import train_sgd as train_with_patience
-
-    return train_with_patience(name, train, stop, seed, patience_frac=1.0)
 
 
 def model_lists(m, d) -> tuple[np.ndarray, np.ndarray]:

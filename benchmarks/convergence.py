@@ -3,6 +3,7 @@
     python benchmarks/convergence.py [--seeds 0,1,2] [--quick]          # acceptance on a folksonomy
     python benchmarks/convergence.py --defaults-study                    # batch, row cap, dim of the torch step
     python benchmarks/convergence.py --lr-study 0.05,0.1 --seeds 0       # PITF's validation curves per lr, draws
+    python benchmarks/convergence.py --negatives-study --seeds 0,1,2     # the torch step: uniform vs hard negatives
 
 Acceptance (per seed): `jobs.pipeline --kind folksonomy` at the sizes of a public
 music-tagging dataset (~1,900 users, ~17,000 items, ~12,000 tags, ~70,000 posts), 10-core on
@@ -23,6 +24,12 @@ Defaults study: on the synthetic photo archive with synthetic features (200 user
 posts), PITF-IC-OD with early stopping for batch size x row cap (`--max-row-samples`) x dim,
 validation and test F1@5 and epochs, so the torch step's defaults are checked once models
 converge. Prints `RATIO` lines (> 1: the default is better).
+
+Negatives study: on the same photo archive, one per seed, PITF-IC-OD (the batched torch
+step) with one uniform negative per sample against the default `--sgd-negatives` (the
+highest-scored of 4 uniform draws): validation and test F1@5, best epoch and epochs run,
+training seconds. Prints `RATIO pitf_ic_od_hard_vs_uniform_negatives_test` (> 1: hard
+negatives better).
 """
 
 from __future__ import annotations
@@ -156,33 +163,68 @@ def acceptance(seeds: list[int], quick: bool, keep: str) -> None:
 
 def defaults_study(keep: str) -> None:
     out = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="defaults-"))
-    _job("jobs.synth", "--out", str(out), "--num-users", "200", "--num-posts", "2000", "--num-tags", "60",
-         "--no-images", "--write-features")
-    _job("jobs.prepare", "--out", str(out))
-    from models.recsys import load
-
+    out.mkdir(parents=True, exist_ok=True)
+    _photo_archive(out, 0)
     res = {}
     for batch in (256, 1024, 4096):
         for cap in (8, 32, 128):
             for dim in (64, 128):
-                run = out / f"b{batch}-c{cap}-d{dim}"
-                run.mkdir()
-                for sub in ("split", "store"):
-                    (run / sub).symlink_to(out / sub)
-                _job("jobs.train", "--out", str(run), "--model", "PITF-IC-OD", "--batch-size", str(batch),
-                     "--max-row-samples", str(cap), "--dim", str(dim), "--torch-threads", "1", "--no-calibrate")
-                _job("jobs.evaluate", "--out", str(run), "--baselines", "most-popular", "--no-plot")
-                m = load(run / "models" / "PITF-IC-OD")
-                stop = m.meta["training"]["early_stopping"]
-                test = json.loads((run / "evaluation.json").read_text())["PITF-IC-OD"]["f1@5"]
-                res[(batch, cap, dim)] = (m.meta["metrics"]["val"]["f1@5"], test, stop["best_epoch"])
-                print(f"batch {batch:5d} cap {cap:4d} dim {dim:4d}: val F1@5 {res[(batch, cap, dim)][0]:.4f} "
-                      f"test F1@5 {test:.4f} best epoch {stop['best_epoch']} of {stop['epochs_run']}", flush=True)
+                val, test, best, run, _ = _train_photo(out, f"b{batch}-c{cap}-d{dim}", 0, "--batch-size", str(batch),
+                                                       "--max-row-samples", str(cap), "--dim", str(dim))
+                res[(batch, cap, dim)] = (val, test, best)
+                print(f"batch {batch:5d} cap {cap:4d} dim {dim:4d}: val F1@5 {val:.4f} "
+                      f"test F1@5 {test:.4f} best epoch {best} of {run}", flush=True)
     default = res[(1024, 32, 128)]
-    best = max(res, key=lambda k: res[k][0])
-    print(f"best by validation: batch {best[0]} cap {best[1]} dim {best[2]} val {res[best][0]:.4f} test "
-          f"{res[best][1]:.4f}; defaults val {default[0]:.4f} test {default[1]:.4f}")
-    print(f"RATIO pitf_ic_od_default_settings_vs_best_of_grid_test {default[1] / res[best][1]:.3f}")
+    best_k = max(res, key=lambda k: res[k][0])
+    print(f"best by validation: batch {best_k[0]} cap {best_k[1]} dim {best_k[2]} val {res[best_k][0]:.4f} test "
+          f"{res[best_k][1]:.4f}; defaults val {default[0]:.4f} test {default[1]:.4f}")
+    print(f"RATIO pitf_ic_od_default_settings_vs_best_of_grid_test {default[1] / res[best_k][1]:.3f}")
+
+
+def _photo_archive(out: Path, seed: int) -> None:
+    """The defaults and negatives studies' archive: 200 users, 2,000 posts, 60 tags, synthetic features."""
+    _job("jobs.synth", "--out", str(out), "--num-users", "200", "--num-posts", "2000", "--num-tags", "60",
+         "--no-images", "--write-features", "--seed", str(seed))
+    _job("jobs.prepare", "--out", str(out), "--seed", str(seed))
+
+
+def _train_photo(out: Path, name: str, seed: int, *flags: str) -> tuple[float, float, int, int, float]:
+    """PITF-IC-OD trained in `out/name` on the archive in `out` with early stopping:
+    (val F1@5, test F1@5, best epoch, epochs run, training seconds)."""
+    from models.recsys import load
+
+    run = out / name
+    run.mkdir()
+    for sub in ("split", "store"):
+        (run / sub).symlink_to(out / sub)
+    t0 = time.perf_counter()
+    _job("jobs.train", "--out", str(run), "--model", "PITF-IC-OD", "--torch-threads", "1", "--no-calibrate",
+         "--seed", str(seed), *flags)
+    secs = time.perf_counter() - t0
+    _job("jobs.evaluate", "--out", str(run), "--baselines", "most-popular", "--no-plot")
+    m = load(run / "models" / "PITF-IC-OD")
+    stop = m.meta["training"]["early_stopping"]
+    test = json.loads((run / "evaluation.json").read_text())["PITF-IC-OD"]["f1@5"]
+    return m.meta["metrics"]["val"]["f1@5"], test, stop["best_epoch"], stop["epochs_run"], secs
+
+
+def negatives_study(seeds: list[int], keep: str) -> None:
+    root = Path(keep) if keep else Path(tempfile.mkdtemp(prefix="negatives-"))
+    print(f"{'seed':>4} {'negatives':>22} {'val F1@5':>9} {'test F1@5':>10} {'best':>5} {'run':>5} {'train s':>8}")
+    res: dict[tuple[int, int], tuple[float, float, int, int, float]] = {}
+    for seed in seeds:
+        out = root / f"seed{seed}"
+        out.mkdir(parents=True)
+        _photo_archive(out, seed)
+        for k in (1, 4):
+            res[(seed, k)] = r = _train_photo(out, f"k{k}", seed, "--sgd-negatives", str(k))
+            what = "uniform (1 draw)" if k == 1 else "hardest of 4 (default)"
+            print(f"{seed:>4} {what:>22} {r[0]:>9.4f} {r[1]:>10.4f} {r[2]:>5} {r[3]:>5} {r[4]:>8.1f}", flush=True)
+    hard = np.array([res[(s, 4)][1] for s in seeds])
+    uni = np.array([res[(s, 1)][1] for s in seeds])
+    print(f"mean test F1@5: hardest of 4 {hard.mean():.4f}, uniform {uni.mean():.4f}; hard better on "
+          f"{int((hard > uni).sum())} of {len(seeds)} seeds")
+    print(f"RATIO pitf_ic_od_hard_vs_uniform_negatives_test {hard.mean() / uni.mean():.3f}")
 
 
 def lr_study(seed: int, lrs: list[float], draws: list[int], epochs: int, keep: str) -> None:
@@ -233,6 +275,8 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (archive and split)")
     ap.add_argument("--quick", action="store_true", help="a smaller folksonomy")
     ap.add_argument("--defaults-study", action="store_true", help="the torch step's batch, row cap and dim")
+    ap.add_argument("--negatives-study", action="store_true",
+                    help="the torch step on the photo archive: one uniform negative vs the hardest of 4, per --seeds")
     ap.add_argument("--lr-study", default="", metavar="LRS",
                     help="comma-separated learning rates: PITF's validation curves on the --seeds' first split")
     ap.add_argument("--lr-study-draws", default="1,4", help="negative draws per sample tried in --lr-study")
@@ -242,6 +286,8 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if a.defaults_study:
         defaults_study(a.keep)
+    elif a.negatives_study:
+        negatives_study([int(s) for s in a.seeds.split(",")], a.keep)
     elif a.lr_study:
         lr_study(int(a.seeds.split(",")[0]), [float(x) for x in a.lr_study.split(",")],
                  [int(x) for x in a.lr_study_draws.split(",")], a.lr_study_epochs, a.keep)

@@ -240,6 +240,11 @@ def fit(name: str, data: SplitData, cfg: TrainConfig, bpr: BPRConfig, sn_dim: in
         engine.close()
     if es is not None and best is not None:
         log.info("train %s: %s", name, es.reason)
+        if es.capped:
+            log.warning("train %s: stopped at the epoch cap (%d) %d epochs after its best epoch, before early "
+                        "stopping's wait of %d ran out: validation F1@5 may still rise; a larger cap (--epochs, "
+                        "--tune-epochs or --ml-epochs) lets early stopping decide", name, es.max_epochs,
+                        es.last_epoch - es.best_epoch, es.wait)
         model.load_state_dict(best)
     return model, history, es
 
@@ -294,7 +299,7 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
     val = evaluate(model, data.val, ks=tuple(range(1, 11)))
     metrics = {"val": val, "history": history, "train_loss": history[-1]["loss"] if history else None}
     stopping = ({"patience": cfg.patience, "patience_frac": cfg.patience_frac, "epochs_run": len(history),
-                 "best_epoch": es.best_epoch,
+                 "best_epoch": es.best_epoch, "capped": es.capped,
                  "reason": es.reason} if es is not None else {"patience": 0, "epochs_run": len(history)})
     training = {**dataclasses.asdict(opts), "num_workers": cfg.num_workers, "device": device, "tuning": grid,
                 "early_stopping": stopping, "trainer": entry.trainer.describe(model, opts), **extra}

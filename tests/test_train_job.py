@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pyarrow as pa
@@ -290,10 +291,27 @@ def test_early_stopping_keeps_the_best_epoch_and_says_why(tmp_path, recsys_split
     hist, stop = m.meta["metrics"]["history"], m.meta["training"]["early_stopping"]
     best = max(range(len(hist)), key=lambda i: (hist[i]["val_f1@5"], -i))
     assert len(hist) < 200 and len(hist) == best + 1 + 3 == stop["epochs_run"]   # 3 epochs of patience
-    assert stop["best_epoch"] == best + 1 and "best epoch" in stop["reason"]
+    assert stop["best_epoch"] == best + 1 and "best epoch" in stop["reason"] and stop["capped"] is False
     # the saved weights are the best epoch's, not the last one's
     assert out["models"]["PITF"]["val_f1@5"] == pytest.approx(hist[best]["val_f1@5"], abs=1e-6)
     assert m.meta["training"]["trainer"]["kernel"] == "per-sample SGD"  # PITF on CPU: the numba kernel
+
+
+def test_run_cut_by_the_epoch_cap_says_so(tmp_path, caplog, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    with caplog.at_level(logging.WARNING, logger="jobs"):
+        jt.run(cfg(tmp_path, model="PITF", epochs=3, patience=10, lr=0.2))
+    stop = load(tmp_path / "models" / "PITF").meta["training"]["early_stopping"]
+    assert stop["capped"] is True and stop["epochs_run"] == 3 and "reached max_epochs 3" in stop["reason"]
+    assert "stopped at the epoch cap (3)" in caplog.text and "--epochs" in caplog.text
+    caplog.clear()
+    ruled = tmp_path / "ruled"
+    ruled.mkdir()
+    (ruled / "split").symlink_to(tmp_path / "split")
+    with caplog.at_level(logging.WARNING, logger="jobs"):  # stopped by the rule: no warning
+        jt.run(cfg(ruled, model="PITF", epochs=200, patience=2, patience_frac=0.0, lr=0.2))
+    assert load(ruled / "models" / "PITF").meta["training"]["early_stopping"]["capped"] is False
+    assert "epoch cap" not in caplog.text
 
 
 def test_early_stopped_run_resumed_equals_an_uninterrupted_one(tmp_path, recsys_split):

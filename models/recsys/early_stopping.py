@@ -61,6 +61,11 @@ class EarlyStopping:
         return self.last_epoch >= self.max_epochs or self.last_epoch - self.best_epoch >= self.wait
 
     @property
+    def capped(self) -> bool:
+        """Whether training ended at `max_epochs` before the rule fired (the metric may still rise)."""
+        return self.last_epoch >= self.max_epochs and self.last_epoch - self.best_epoch < self.wait
+
+    @property
     def reason(self) -> str:
         """Why training stopped (or would stop now), for the log and model.json."""
         if self.last_epoch - self.best_epoch >= self.wait:

@@ -6,13 +6,15 @@ On a generated folksonomy (`jobs._synth_folksonomy`, 10-core, one validation and
 post per user) PITF and FM are trained with the per-sample SGD trainer at the pipeline's
 defaults (early stopping on validation F1@5), and user-item-popular is fitted (its mix weight chosen on validation).
 For each, every calibrator of `models.calibration` (isotonic or Platt, one map or one per
-rank) is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test
+rank; isotonic per rank also at the one-map lower bound z = 1) is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test
 posts. Reported per method: the precision reached on test at targets 0.5 / 0.7 / 0.9
 (right tags / tags written; NaN where no tag met the target), tags written per post,
 expected calibration error (ECE), and misses: (seed, target) pairs whose reached precision
 fell more than `MISS_TOLERANCE` below the target beyond what the number of tags written
 explains (`precision_coverage`'s verdict "no"). The method to prefer keeps every target and writes the
-most tags. Prints `RATIO <method>_tags_at_0.9_vs_isotonic` lines.
+most tags. Prints `RATIO <model>_default_vs_<method>_tags_at_<P>` lines: tags written per post
+by the default (isotonic per rank) over the other method's, at the highest target P where
+both write any (> 1: the default writes more; read it beside the misses).
 """
 
 from __future__ import annotations
@@ -31,7 +33,11 @@ from models.calibration import TARGETS, Calibrator, calibration_error, precision
 from models.metrics import hits_matrix  # noqa: E402
 
 K = 10
-METHODS = (("isotonic", False), ("isotonic", True), ("platt", False), ("platt", True))
+# (label, method, per_rank, z): z None is the calibrator's default (PER_RANK_Z per rank, else LOWER_BOUND_Z)
+METHODS = (("isotonic per rank", "isotonic", True, None), ("isotonic per rank z=1", "isotonic", True, 1.0),
+           ("isotonic", "isotonic", False, None), ("platt", "platt", False, None),
+           ("platt per rank", "platt", True, None))
+DEFAULT = "isotonic per rank"  # models.calibration.DEFAULT_METHOD with its default z
 
 
 def scored(model, data) -> tuple[np.ndarray, np.ndarray]:
@@ -101,12 +107,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             train, val, test, _ = folksonomy_split(Path(tmp), a.quick, seed)
         for model, (sv, hv, st, ht) in lists(train, val, test, seed).items():
-            for method, per_rank in METHODS:
-                cal = Calibrator(method, per_rank).fit(sv, hv)
+            for label, method, per_rank, z in METHODS:
+                cal = Calibrator(method, per_rank, z=z).fit(sv, hv)
                 p = cal.predict(st)
                 rep = precision_coverage(p, ht)
                 misses = sum(rep[f"{t:g}"]["target_kept"] == "no" for t in TARGETS)
-                key = (model, f"{method}{' per rank' if per_rank else ''}")
+                key = (model, label)
                 rows.setdefault(key, []).append({"rep": rep, "ece": calibration_error(p, ht), "misses": misses})
     print(f"calibration fitted on validation, measured on test; mean over {a.seeds} seeds")
     head = "".join(f"{'P@' + format(t, 'g'):>9}{'tags':>7}" for t in TARGETS)
@@ -120,12 +126,16 @@ def main() -> None:
         print(f"{model:<18}{method:<20}{cells}{np.mean([r['ece'] for r in rs]):>8.4f}"
               f"{sum(r['misses'] for r in rs):>8d}")
     for model in dict.fromkeys(m for m, _ in rows):
-        ref = np.mean([r["rep"]["0.9"]["tags_per_post"] for r in rows[(model, "isotonic")]])
-        for _, method in [k for k in rows if k[0] == model and k[1] != "isotonic"]:
-            v = np.mean([r["rep"]["0.9"]["tags_per_post"] for r in rows[(model, method)]])
-            print(f"RATIO {model.lower().replace('-', '_')}_{method.replace(' ', '_')}_tags_at_0.9_vs_isotonic "
-                  f"{v / ref if ref else float('nan'):.3f}")
-
+        for other in [k[1] for k in rows if k[0] == model and k[1] != DEFAULT]:
+            # at the highest target where both write tags (a ratio to zero says nothing)
+            both = [t for t in TARGETS if all(np.mean([r["rep"][f"{t:g}"]["tags_per_post"] for r in rows[(model, m)]])
+                                              > 0 for m in (DEFAULT, other))]
+            if not both:
+                continue
+            t = f"{max(both):g}"
+            ours, theirs = (np.mean([r["rep"][t]["tags_per_post"] for r in rows[(model, m)]]) for m in (DEFAULT, other))
+            tag = other.replace(" ", "_").replace("=", "")
+            print(f"RATIO {model.lower().replace('-', '_')}_default_vs_{tag}_tags_at_{t} {ours / theirs:.3f}")
 
 if __name__ == "__main__":
     main()

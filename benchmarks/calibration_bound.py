@@ -19,6 +19,7 @@ Calibrations compared, each applied to the test posts' top-10 lists:
 - `block z=1`: each block at the one-sided Wilson lower bound of its own pairs;
 - `tail z=1`, `tail z=1.645`: each block at most the lower bound of the hit rate of it and
   every block above it (`models.calibration.isotonic_fit`, bound "tail");
+- `rank tail z=1`: one such map per rank (`Calibrator(per_rank=True)`);
 - `fold means`, `fold tail z=1` (folksonomy): the model stopped on one half, the map fitted on
   the other (both ways round: two results per model and seed), so the posts that chose the
   epoch never fit the map.
@@ -59,7 +60,8 @@ from models.metrics import hits_matrix  # noqa: E402
 
 K = 10
 BOUNDS = (("means", 0.0, "tail"), ("block z=1", 1.0, "block"), ("tail z=0.5", 0.5, "tail"), ("tail z=1", 1.0, "tail"),
-          ("tail z=1.645", 1.645, "tail"))
+          ("tail z=1.645", 1.645, "tail"), ("rank tail z=1", 1.0, "per rank"),
+          ("rank tail z=1.645", 1.645, "per rank"), ("rank tail z=2.33", 2.33, "per rank"))  # the last: one map per rank
 FOLDS = (("fold means", 0.0, "tail"), ("fold tail z=1", 1.0, "tail"))
 PHOTO_ARCHIVE = dict(num_users=1000, num_posts=8000, num_tags=200, num_communities=5)
 PHOTO_TRAIN = dict(dim=32, epochs=15, lr=0.05, reg=1e-4, batch_size=1024)
@@ -77,6 +79,8 @@ def model_lists(m, d) -> tuple[np.ndarray, np.ndarray]:
 def run_of(z: float, bound: str, fit: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> dict:
     """precision_coverage on test of an isotonic map (lower bound z of kind `bound`) fitted on `fit`."""
     s, h = fit
+    if bound == "per rank":  # one tail-bounded map per rank, as `Calibrator(per_rank=True)` fits
+        return precision_coverage(Calibrator("isotonic", True, z=z).fit(s, h).predict(test[0]), test[1])
     ok = np.isfinite(s)
     cal = Calibrator("isotonic", False, z=z)
     cal.maps = [isotonic_fit(s[ok], h[ok].astype(np.float64), min_weight=MIN_BLOCK, z=z, bound=bound)]
@@ -185,7 +189,7 @@ def table(title: str, runs: dict[str, list[dict]]) -> None:
             short = max([t - v["precision"] for v in r if v["tags_written"] >= 50], default=float("nan"))
             cells += f"{prec:>12.3f}{np.mean([v['tags_per_post'] for v in r]):>7.3f}{miss:>4d}{short:>+7.3f}"
         print(f"{name:<16}{cells}  ({len(rs)} runs)")
-    for name in [n for n in runs if n.startswith(("tail", "block"))]:
+    for name in [n for n in runs if n.startswith(("tail", "block", "rank"))]:
         for t in TARGETS:
             ref = np.mean([x[f"{t:g}"]["tags_per_post"] for x in runs["means"]])
             new = np.mean([x[f"{t:g}"]["tags_per_post"] for x in runs[name]])

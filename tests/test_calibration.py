@@ -11,6 +11,7 @@ from scipy.optimize import isotonic_regression
 from models.calibration import (
     LOWER_BOUND_Z,
     MISS_TOLERANCE,
+    PER_RANK_Z,
     Calibrator,
     calibration_error,
     isotonic_fit,
@@ -160,6 +161,26 @@ def test_lower_bound_map_keeps_the_target_where_block_means_overclaim():
     misses = {z: sum(p == p and p < 0.5 - MISS_TOLERANCE for p in v) for z, v in reached.items()}
     assert misses[0.0] >= 6, misses
     assert misses[LOWER_BOUND_Z] <= misses[0.0] // 4, misses
+
+
+def test_per_rank_maps_take_a_stricter_bound_so_no_rank_overclaims():
+    """Planted as above, ten ranks of 1,000 pairs each, no tag right half the time: each rank's
+    map has its own lucky top block, so maps per rank at the one-map bound still write tags at
+    P = 0.5 on some validation draws; at `PER_RANK_Z` (the per-rank default) none does."""
+    def reached(z: float, seed: int, n: int = 1000, k: int = 10) -> float:
+        val = [_planted(100 * seed + r, n) for r in range(k)]
+        test = [_planted(10_000 + 100 * seed + r, n) for r in range(k)]
+        s_val, p_val = (np.stack(c, 1) for c in zip(*val))
+        s_test, p_test = (np.stack(c, 1) for c in zip(*test))
+        hits = np.random.default_rng(7 + seed).random(p_val.shape) < p_val
+        keep = keep_at(Calibrator("isotonic", True, z=z).fit(s_val, hits).predict(s_test), 0.5)
+        return float(p_test[keep].mean()) if keep.any() else float("nan")
+
+    misses = {z: sum(p == p and p < 0.5 - MISS_TOLERANCE for p in (reached(z, seed) for seed in range(30)))
+              for z in (0.0, LOWER_BOUND_Z, PER_RANK_Z)}
+    assert misses[0.0] >= 4 and misses[LOWER_BOUND_Z] >= 1, misses
+    assert misses[PER_RANK_Z] == 0, misses
+    assert Calibrator().per_rank and Calibrator().z == PER_RANK_Z and Calibrator(per_rank=False).z == LOWER_BOUND_Z
 
 
 def test_lower_bound_map_still_writes_the_tags_the_evidence_supports():

@@ -339,14 +339,15 @@ def test_early_stopping_without_validation_posts_is_a_user_error(tmp_path, recsy
 
 
 def test_saved_calibration_maps_scores_to_probabilities(tmp_path, recsys_split):
-    from models.calibration import LOWER_BOUND_Z, Calibrator
+    from models.calibration import PER_RANK_Z, Calibrator
 
     recsys_split(tmp_path, with_store=False)
     jt.run(cfg(tmp_path, model="FM", epochs=10))
     m = load(tmp_path / "models" / "FM")
     cal = Calibrator.from_json(m.meta["calibration"])
     assert cal.n_posts == len(jt.load_split(tmp_path / "split").val)
-    assert (cal.method, cal.z) == ("isotonic", LOWER_BOUND_Z)  # the tail-bounded map is what jobs.train saves
+    # tail-bounded isotonic maps, one per rank, are what jobs.train saves
+    assert (cal.method, cal.per_rank, cal.z, len(cal.maps)) == ("isotonic", True, PER_RANK_Z, 10)
     p = cal.predict(np.array([[5.0, 1.0, -3.0], [0.0, -1.0, -2.0]]))
     assert np.all(np.diff(p, axis=1) <= 0) and 0 <= p.min() and p.max() <= 1 and p[0, 0] >= p[1, 0]
     jt.run(cfg(tmp_path / "nocal", split=str(tmp_path / "split"), model="FM", epochs=1, calibrate=False))

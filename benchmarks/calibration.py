@@ -4,15 +4,16 @@
 
 On a generated folksonomy (`jobs._synth_folksonomy`, 10-core, one validation and one test
 post per user) PITF and FM are trained with the per-sample SGD trainer at the pipeline's
-defaults (early stopping on validation F1@5), and user-item-popular is fitted (its mix weight chosen on validation).
-For each, every calibrator of `models.calibration` (isotonic or Platt, one map or one per
-rank; isotonic per rank also at the one-map lower bound z = 1) is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test
-posts. Reported per method: the precision reached on test at targets 0.5 / 0.7 / 0.9
-(right tags / tags written; NaN where no tag met the target), tags written per post,
-expected calibration error (ECE), and misses: (seed, target) pairs whose reached precision
-fell more than `MISS_TOLERANCE` below the target beyond what the number of tags written
-explains (`precision_coverage`'s verdict "no"). The method to prefer keeps every target and writes the
-most tags. Prints `RATIO <model>_default_vs_<method>_tags_at_<P>` lines: tags written per post
+defaults (early stopping on validation F1@5), and user-item-popular is fitted (its mix
+weight chosen on validation). For each, every calibrator of `models.calibration` (isotonic
+or Platt, one map or one per rank; isotonic per rank also at the one-map lower bound z = 1)
+is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test posts.
+Reported per method: the precision reached on test at targets 0.5 / 0.7 / 0.9 (right tags /
+tags written; NaN where no tag met the target), tags written per post, expected calibration
+error (ECE), and misses: (seed, target) pairs whose reached precision fell more than
+`MISS_TOLERANCE` below the target beyond what the number of tags written explains
+(`precision_coverage`'s verdict "no"). The method to prefer keeps every target and writes
+the most tags. Prints `RATIO <model>_default_vs_<method>_tags_at_<P>` lines: tags written per post
 by the default (isotonic per rank) over the other method's, at the highest target P where
 both write any (> 1: the default writes more; read it beside the misses).
 """
@@ -136,6 +137,7 @@ def main() -> None:
             ours, theirs = (np.mean([r["rep"][t]["tags_per_post"] for r in rows[(model, m)]]) for m in (DEFAULT, other))
             tag = other.replace(" ", "_").replace("=", "")
             print(f"RATIO {model.lower().replace('-', '_')}_default_vs_{tag}_tags_at_{t} {ours / theirs:.3f}")
+
 
 if __name__ == "__main__":
     main()

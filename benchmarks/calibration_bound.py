@@ -19,7 +19,8 @@ Calibrations compared, each applied to the test posts' top-10 lists:
 - `block z=1`: each block at the one-sided Wilson lower bound of its own pairs;
 - `tail z=1`, `tail z=1.645`: each block at most the lower bound of the hit rate of it and
   every block above it (`models.calibration.isotonic_fit`, bound "tail");
-- `rank tail z=1`: one such map per rank (`Calibrator(per_rank=True)`);
+- `rank tail z=1`, `rank tail z=1.645` (the default), `rank tail z=2.33`: one such map per
+  rank (`Calibrator(per_rank=True)`);
 - `fold means`, `fold tail z=1` (folksonomy): the model stopped on one half, the map fitted on
   the other (both ways round: two results per model and seed), so the posts that chose the
   epoch never fit the map.
@@ -61,7 +62,7 @@ from models.metrics import hits_matrix  # noqa: E402
 K = 10
 BOUNDS = (("means", 0.0, "tail"), ("block z=1", 1.0, "block"), ("tail z=0.5", 0.5, "tail"), ("tail z=1", 1.0, "tail"),
           ("tail z=1.645", 1.645, "tail"), ("rank tail z=1", 1.0, "per rank"),
-          ("rank tail z=1.645", 1.645, "per rank"), ("rank tail z=2.33", 2.33, "per rank"))  # the last: one map per rank
+          ("rank tail z=1.645", 1.645, "per rank"), ("rank tail z=2.33", 2.33, "per rank"))  # "per rank": one map each
 FOLDS = (("fold means", 0.0, "tail"), ("fold tail z=1", 1.0, "tail"))
 PHOTO_ARCHIVE = dict(num_users=1000, num_posts=8000, num_tags=200, num_communities=5)
 PHOTO_TRAIN = dict(dim=32, epochs=15, lr=0.05, reg=1e-4, batch_size=1024)

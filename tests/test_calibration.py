@@ -81,6 +81,20 @@ def test_per_rank_calibration_sees_what_the_score_hides():
     assert gap[True] < 0.03 and gap[False] > gap[True] + 0.03, gap
 
 
+def test_per_rank_maps_cover_lists_longer_than_the_fitted_ones():
+    """`jobs.score --k 20` with maps fitted on top-10 validation lists: ranks past the last
+    fitted one use its map, and the running minimum keeps each list non-increasing."""
+    rng = np.random.default_rng(8)
+    s, h = _lists(rng, 2000, k=3, rank_effect=0.4)
+    cal = Calibrator().fit(s, h)
+    assert len(cal.maps) == 3
+    longer = np.concatenate([s, s[:, -1:] - 0.5, s[:, -1:] - 1.0], axis=1)
+    p = cal.predict(longer)
+    assert p.shape == (2000, 5) and np.all(np.diff(p, axis=1) <= 0)
+    np.testing.assert_array_equal(p[:, :3], cal.predict(s))
+    assert np.all(p[:, 3] == np.minimum(p[:, 2], isotonic_predict(cal.maps[2], longer[:, 3])))
+
+
 def test_json_roundtrip_and_bad_records():
     rng = np.random.default_rng(3)
     s, h = _lists(rng, 200)

@@ -13,7 +13,7 @@ from jobs.errors import InputError, JobError
 from models.node2vec.classify import label_matrix
 from models.node2vec.graph import Graph
 from models.node2vec.skipgram import SkipGramConfig
-from models.node2vec.tune import TuneResult, TuneSettings, tune, tune_walks
+from models.node2vec.tune import TuneResult, TuneSettings, tune, tune_plan
 
 log = logging.getLogger("jobs")
 
@@ -123,21 +123,15 @@ def tune_request(cfg: Any) -> dict[str, Any]:
 def run_tune(cfg: Any, graph: Graph, sg: SkipGramConfig, y: np.ndarray | None) -> TuneResult:
     """The grid search (y: label matrix from read_labels, or None), a progress line per grid point."""
     settings = tune_settings(cfg)
-    points = len(settings.p_grid) * len(settings.q_grid)
     n = min(graph.n_nodes, settings.max_nodes)            # the nodes tuned on
-    first = tune_walks(settings, graph.n_nodes, n)
-    finalists = min(settings.finalists, points) if first < settings.walks_per_node else 0
-    base = min(settings.epochs_grid)
-    more = sum(e for e in settings.epochs_grid if e != base)   # epochs of the winner's further runs
+    plan = tune_plan(settings, graph.n_nodes, n)
     # progress counts walks trained on, once per epoch
-    prog = Progress("embed_users tune", unit="walks",
-                    total=n * (base * (points * first + finalists * settings.walks_per_node)
-                               + more * settings.walks_per_node), every_s=30.0)
+    prog = Progress("embed_users tune", unit="walks", total=n * plan.walk_epochs(), every_s=30.0)
 
     def on_point(point: dict[str, Any]) -> None:
         log.info("tune p=%g q=%g epochs=%d%s: score %.4f (%.1fs)", point["p"], point["q"], point["epochs"],
                  " (every walk)" if point.get("finalist") else "", point["score"], point["seconds"])
-        walks = settings.walks_per_node if point.get("finalist") else first
+        walks = plan.full_walks if point.get("finalist") else plan.walks_per_node
         prog.update(n * walks * point["epochs"])
 
     result = tune(graph, settings, sg, y=y, on_point=on_point)

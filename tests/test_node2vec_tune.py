@@ -27,6 +27,7 @@ from models.node2vec.tune import (
     holdout_split,
     subgraph,
     tune,
+    tune_plan,
     tune_walks,
 )
 
@@ -208,8 +209,15 @@ def test_the_winner_is_trained_again_for_more_epochs_and_the_best_run_wins():
     assert res.record()["chosen"] == {"p": fin["p"], "q": fin["q"], "epochs": 6}
     assert seen[-1] == {**more, "finalist": True}
     # without finalists and with short first-round runs, the winner gets a full run to compare with
-    res0 = tune(g, replace(s, finalists=0), SG, y=y)
+    seen0 = []
+    res0 = tune(g, replace(s, finalists=0), SG, y=y, on_point=seen0.append)
     assert [r["epochs"] for r in res0.epoch_runs] == [1, 6] and res0.epochs == 6
+    # every run is reported, and the plan the job sizes its progress with counts exactly those runs
+    assert [pt for pt in seen0 if pt.get("finalist")] == [{**r, "finalist": True} for r in res0.epoch_runs]
+    for settings, reported in ((s, seen), (replace(s, finalists=0), seen0)):
+        plan = tune_plan(settings, 500, 500)
+        walks = [plan.full_walks if pt.get("finalist") else plan.walks_per_node for pt in reported]
+        assert plan.walk_epochs() == sum(w * pt["epochs"] for w, pt in zip(walks, reported))
 
 
 @pytest.mark.parametrize("grid", [(), (0,), (1, 1), (1.5,)])

@@ -240,6 +240,36 @@ def tune_walks(settings: TuneSettings, n_full: int, n_sample: int) -> int:
     return int(min(settings.walks_per_node, max(1, math.floor(share))))
 
 
+@dataclass(frozen=True)
+class TunePlan:
+    """The runs `tune` makes, known before it makes them (its progress can be sized from it)."""
+
+    points: int                  # grid points of the first round
+    walks_per_node: int          # walks per node of each first-round point (`tune_walks`)
+    full_walks: int              # walks per node of every later run (settings.walks_per_node)
+    finalists: int               # best grid points trained again on every walk
+    winner_rerun: bool           # the winner trained again on every walk (no finalist run gave it one)
+    base_epochs: int             # epochs of the grid and of the finalists: min(epochs_grid)
+    more_epochs: tuple[int, ...]  # the winner is trained on every walk at each of these
+
+    def walk_epochs(self) -> int:
+        """Walks per tuned node trained on over the whole search, once per epoch."""
+        base_runs = self.points * self.walks_per_node + (self.finalists + self.winner_rerun) * self.full_walks
+        return self.base_epochs * base_runs + sum(self.more_epochs) * self.full_walks
+
+
+def tune_plan(settings: TuneSettings, n_full: int, n_sample: int) -> TunePlan:
+    """What `tune` runs on a graph of n_full nodes tuned on n_sample of them."""
+    points = len(settings.p_grid) * len(settings.q_grid)
+    first = tune_walks(settings, n_full, n_sample)
+    short = first < settings.walks_per_node       # the first round leaves walks out: full runs follow
+    finalists = min(settings.finalists, points) if short else 0
+    base = min(settings.epochs_grid)
+    more = tuple(sorted(set(settings.epochs_grid) - {base}))
+    return TunePlan(points, first, settings.walks_per_node, finalists, bool(more) and short and not finalists,
+                    base, more)
+
+
 def _embed_and_score(g: Graph, settings: TuneSettings, sg: SkipGramConfig, walks_per_node: int, p: float,
                      q: float, score: Scorer) -> dict[str, Any]:
     t = time.perf_counter()
@@ -277,8 +307,9 @@ def tune(graph: Graph, settings: TuneSettings, sg: SkipGramConfig, y: np.ndarray
         score = label_scorer(yy, settings.train_frac, settings.splits, settings.seed)
         final_score = label_scorer(yy, settings.train_frac, 2 * settings.splits, settings.seed)
         scoring = "Macro-F1, one-vs-rest logistic regression on held-out labelled users"
-    walks_per_node = tune_walks(settings, graph.n_nodes, g.n_nodes)
-    sg_t = replace(sg, seed=settings.seed, epochs=min(settings.epochs_grid))
+    plan = tune_plan(settings, graph.n_nodes, g.n_nodes)
+    walks_per_node = plan.walks_per_node
+    sg_t = replace(sg, seed=settings.seed, epochs=plan.base_epochs)
     points = []
     for p in settings.p_grid:
         for q in settings.q_grid:
@@ -287,22 +318,22 @@ def tune(graph: Graph, settings: TuneSettings, sg: SkipGramConfig, y: np.ndarray
                 on_point(points[-1])
     ranked = sorted(range(len(points)), key=lambda i: (-points[i]["score"], i))
     finalists = []
-    if walks_per_node < settings.walks_per_node:
-        for i in sorted(ranked[:settings.finalists]):
-            finalists.append(_embed_and_score(g, settings, sg_t, settings.walks_per_node, points[i]["p"],
-                                              points[i]["q"], final_score))
-            if on_point is not None:
-                on_point({**finalists[-1], "finalist": True})
+    for i in sorted(ranked[:plan.finalists]):
+        finalists.append(_embed_and_score(g, settings, sg_t, settings.walks_per_node, points[i]["p"],
+                                          points[i]["q"], final_score))
+        if on_point is not None:
+            on_point({**finalists[-1], "finalist": True})
     pool = finalists or points
     best = max(range(len(pool)), key=lambda i: (pool[i]["score"], -i))
     winner, epoch_runs = pool[best], []
-    more = sorted(set(settings.epochs_grid) - {sg_t.epochs})
     judge = final_score if finalists else score     # the winner's own score is by this one
-    if more and walks_per_node < settings.walks_per_node and not finalists:   # no full run of it yet
+    if plan.winner_rerun:                           # no full run of it yet
         winner = _embed_and_score(g, settings, sg_t, settings.walks_per_node, winner["p"], winner["q"], final_score)
         judge = final_score
         epoch_runs.append(winner)
-    for e in more:
+        if on_point is not None:
+            on_point({**winner, "finalist": True})
+    for e in plan.more_epochs:
         epoch_runs.append(_embed_and_score(g, settings, replace(sg_t, epochs=e), settings.walks_per_node,
                                            winner["p"], winner["q"], judge))
         if on_point is not None:

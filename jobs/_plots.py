@@ -103,11 +103,14 @@ def plot_f1_at_k(results: Mapping[str, Mapping[str, float]], path: str | Path, k
 
 def plot_precision_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]], path: str | Path,
                             targets: Sequence[float] = (0.5, 0.7, 0.9), f1: Mapping[str, float] | None = None,
-                            title: str = "Calibrated backfill on the test split") -> None:
+                            title: str = "Calibrated backfill on the test split") -> dict[str, str]:
     """Precision reached against tags written per post, one curve per model.
 
     curves: name -> {"target": [...], "precision": [...], "tags_per_post": [...]} over a sweep
     of targets; the points at `targets` are marked, and each target is a faint horizontal line.
+    A model that writes tags at one target of the sweep only is drawn as a marker (a line of
+    one point is invisible); models that write nothing at any target are named in the legend.
+    Returns how each model was drawn: "curve", "point" or "nothing written".
     """
     import matplotlib
 
@@ -121,23 +124,32 @@ def plot_precision_coverage(curves: Mapping[str, Mapping[str, Sequence[float]]],
                 transform=ax.get_yaxis_transform())
     heavy = highlighted({n: {"f1@5": v} for n, v in f1.items()}) if f1 else set()
     order = sorted(curves, key=lambda n: -(f1 or {}).get(n, 0.0))
+    drawn: dict[str, str] = {}
     for name in order:
         c = curves[name]
         st = style(name)
         bold = name in heavy
         pts = [(x, y, t) for x, y, t in zip(c["tags_per_post"], c["precision"], c["target"]) if y == y]
         if not pts:
+            drawn[name] = "nothing written"
             continue
+        drawn[name] = "curve" if len(pts) > 1 else "point"
         xs, ys, ts = zip(*pts)
         ax.plot(xs, ys, linewidth=3.0 if bold else 1.3, alpha=1.0 if bold else 0.85, zorder=3 if bold else 2,
-                color=st["color"], linestyle=st["linestyle"], label=name + ("  ◀" if bold else ""))
+                color=st["color"], linestyle=st["linestyle"], label=name + ("  ◀" if bold else ""),
+                marker=st["marker"] if len(pts) == 1 else None, markersize=5)
         marks = [(x, y) for x, y, t in pts if any(abs(t - q) < 1e-9 for q in targets)]
         if marks:
             ax.plot(*zip(*marks), linestyle="none", marker=st["marker"], markersize=6 if bold else 4,
                     color=st["color"], zorder=4)
+    silent = [n for n, how in drawn.items() if how == "nothing written"]
+    if silent:
+        lowest = min(min(curves[n]["target"], default=0.0) for n in silent)
+        ax.plot([], [], linestyle="none", label=f"nothing written at P ≥ {lowest:g}:\n  " + ", ".join(silent))
     ax.set_xlabel("tags written per post (coverage)")
     ax.set_ylabel("precision reached (right tags / tags written)")
     ax.set_ylim(0, 1.02)
     ax.set_xlim(left=0)
     _save(fig, ax, path, title + " (markers: targets " + ", ".join(f"{t:g}" for t in targets) + ")")
     plt.close(fig)
+    return drawn

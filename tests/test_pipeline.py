@@ -70,7 +70,7 @@ def test_tag_only_archive_runs_end_to_end(tmp_path, ray_local, capsys):
     assert {"PITF", "FM", "PITF+SN", "FM+SN"} <= set(trained["models"])
     for name in ("PITF-IC-OD", "FM-IC", "social-multilabel", "visual-multilabel"):
         assert name in trained["skipped"] and f"pipeline: train: skipped {name}: " in err
-    best = max(trained["models"], key=lambda n: trained["models"][n]["val_f1@5"])
+    best = max(sorted(trained["models"]), key=lambda n: trained["models"][n]["val_f1@5"])  # ties: first by name
     assert f"pipeline: score: scoring with {best}, the trained model with the best validation F1@5" in err
     score = json.loads((out / "reports" / "score.summary.json").read_text())
     assert score["model"] == best and score["scored_posts"] > 0

@@ -64,7 +64,7 @@ class TrainConfig(ArchiveArgs, RayArgs):
                            "that diverge are recorded as failed (summary 'failed'), both reported; exits 0 "
                            "when at least one model trained")
     split: str = arg("", "folder of {train,val}.parquet; empty: <out>/split")
-    epochs: int = arg(300, "the most training epochs (BPR: passes over the (post, tag) pairs); with --patience "
+    epochs: int = arg(500, "the most training epochs (BPR: passes over the (post, tag) pairs); with --patience "
                            "training stops sooner, once validation F1@5 stops improving")
     patience: int = arg(10, "early stopping: stop after this many epochs without a better validation F1@5 "
                             "(or --patience-frac times the best epoch, when more) and keep the best epoch's "

@@ -83,6 +83,9 @@ class FolksonomyParams:
     def __post_init__(self) -> None:
         if self.combine not in COMBINE:
             raise ValueError(f"FolksonomyParams: combine {self.combine!r} is not a rule; use one of {list(COMBINE)}")
+        if not self.num_users <= self.num_posts <= self.num_users * self.num_items:
+            raise ValueError(f"FolksonomyParams: num_posts ({self.num_posts}) must be between num_users "
+                             f"({self.num_users}) and num_users * num_items (one post per (user, item))")
 
 
 @dataclass

@@ -170,3 +170,17 @@ def test_the_product_of_experts_leaves_room_above_the_frequency_mix(folk):
 def test_unknown_combination_rule_is_refused():
     with pytest.raises(ValueError, match="combine 'sum'.*product.*mixture"):
         FolksonomyParams(combine="sum")
+
+
+def test_heavy_taggers_on_a_small_catalogue_keep_the_post_count():
+    """Users drawn past the catalogue's size are capped there and their excess goes to the others."""
+    from jobs._synth_folksonomy import _posts_per_user
+
+    p = FolksonomyParams(num_users=50, num_items=40, num_posts=1800, activity_sigma=3.0, seed=1)
+    n = _posts_per_user(p, np.random.default_rng(0))
+    assert n.sum() == 1800 and n.max() == 40 and n.min() >= 1 and (n == 40).sum() > 1
+
+
+def test_more_posts_than_user_item_pairs_is_refused():
+    with pytest.raises(ValueError, match=r"num_posts \(2001\).*one post per \(user, item\)"):
+        FolksonomyParams(num_users=50, num_items=40, num_posts=2001)

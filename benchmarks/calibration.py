@@ -126,17 +126,22 @@ def main() -> None:
             cells += f"{prec:>9.3f}{tags:>7.2f}"
         print(f"{model:<18}{method:<20}{cells}{np.mean([r['ece'] for r in rs]):>8.4f}"
               f"{sum(r['misses'] for r in rs):>8d}")
+    def tags(model: str, method: str) -> dict[float, float]:
+        """Mean tags written per post at each target, over the seeds."""
+        return {t: float(np.mean([r["rep"][f"{t:g}"]["tags_per_post"] for r in rows[(model, method)]]))
+                for t in TARGETS}
+
     for model in dict.fromkeys(m for m, _ in rows):
+        ours = tags(model, DEFAULT)
         for other in [k[1] for k in rows if k[0] == model and k[1] != DEFAULT]:
+            theirs = tags(model, other)
             # at the highest target where both write tags (a ratio to zero says nothing)
-            both = [t for t in TARGETS if all(np.mean([r["rep"][f"{t:g}"]["tags_per_post"] for r in rows[(model, m)]])
-                                              > 0 for m in (DEFAULT, other))]
+            both = [t for t in TARGETS if ours[t] > 0 and theirs[t] > 0]
             if not both:
                 continue
-            t = f"{max(both):g}"
-            ours, theirs = (np.mean([r["rep"][t]["tags_per_post"] for r in rows[(model, m)]]) for m in (DEFAULT, other))
+            t = max(both)
             tag = other.replace(" ", "_").replace("=", "")
-            print(f"RATIO {model.lower().replace('-', '_')}_default_vs_{tag}_tags_at_{t} {ours / theirs:.3f}")
+            print(f"RATIO {model.lower().replace('-', '_')}_default_vs_{tag}_tags_at_{t:g} {ours[t] / theirs[t]:.3f}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from models.recsys.bpr import BPRConfig, hardest_of, sample_negatives, train_bpr
 from models.recsys.bpr_step import bpr_step_autograd, bpr_step_fused, bpr_step_reference
 from models.recsys.data import PostData
 from models.recsys.evaluate import evaluate
-from models.recsys.factorization import FactorizationModel, score_reference
+from models.recsys.factorization import FactorizationModel, average, score_reference
 from models.recsys.multilabel import train_multilabel
 
 BASE_NAMES = ["PITF", "FM", "PITF-IC", "PITF-OD", "PITF-IC-OD", "FM-IC", "FM-OD", "FM-IC-OD"]
@@ -76,6 +76,39 @@ def test_contract_scores_are_an_inner_product(name):
             inp = m.inputs(b)
             logits = m.net.out(m.net.hidden(inp["ic"], inp.get("sn"))).numpy()
         np.testing.assert_allclose(pv @ tm.T, logits, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", [n for n in list_models() if not n.endswith("multilabel")])
+def test_average_of_replicas_scores_their_mean(name, tmp_path):
+    reps = [_build(name, seed=s) for s in (0, 1, 2)]
+    b = _batch()
+    for r in reps:
+        r.params = {k: v + 0.05 for k, v in r.params.items()}  # non-zero biases and +SN user rows too
+        r.fit_centre(b)  # one split: the same centres (a no-op without features)
+    mean = average(reps)
+    assert mean.dim == 3 * K and mean.name == name and mean.seed == 0
+    want = np.mean([r.post_vectors(b) @ r.tag_matrix().T for r in reps], 0)
+    np.testing.assert_allclose(mean.post_vectors(b) @ mean.tag_matrix().T, want, rtol=1e-5, atol=1e-6)
+    inp = mean.inputs(b)  # the papers' formula on the merged weights: the same scores
+    np.testing.assert_allclose([float(score_reference(mean, inp, 5, t)) for t in range(T)], want[5],
+                               rtol=1e-5, atol=1e-6)
+    save(mean, tmp_path / "m", {"tags": [f"t{i}" for i in range(T)]})  # a plain model of dim 3k: saved, loaded
+    np.testing.assert_allclose(load(tmp_path / "m").post_vectors(b) @ load(tmp_path / "m").tag_matrix().T, want,
+                               rtol=1e-5, atol=1e-6)
+    assert average(reps[:1]).post_vectors(b).tobytes() == reps[0].post_vectors(b).tobytes()
+
+
+def test_average_refuses_models_that_differ_beyond_their_weights():
+    with pytest.raises(ModelError, match="no models"):
+        average([])
+    with pytest.raises(ModelError, match="differs from PITF"):
+        average([_build("PITF"), get_model("PITF", n_users=U + 1, n_items=N_ITEMS, n_tags=T, dim=K)])
+    with pytest.raises(ModelError, match="differs from PITF"):
+        average([_build("PITF"), _build("FM")])
+    a, b = _build("PITF-IC"), _build("PITF-IC", seed=1)
+    a.fit_centre(_batch())
+    with pytest.raises(ModelError, match="ic feature centres differ"):
+        average([a, b])
 
 
 @pytest.mark.parametrize("name", list_models())

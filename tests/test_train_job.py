@@ -62,7 +62,8 @@ def write_archive(out, seed=0, with_store=True, n_users=160, test_per_user=1):
 
 
 def cfg(tmp_path, **kw) -> jt.TrainConfig:
-    base = dict(out=str(tmp_path), dim=16, epochs=6, batch_size=128, lr=0.05, reg=1e-4, patience=0)
+    # One replica: these tests are about one training run (replicas have their own tests below).
+    base = dict(out=str(tmp_path), dim=16, epochs=6, batch_size=128, lr=0.05, reg=1e-4, patience=0, replicas=1)
     return jt.TrainConfig(**{**base, **kw})
 
 
@@ -176,8 +177,12 @@ def test_unseen_validation_tags_are_dropped_and_counted(tmp_path, recsys_split):
 def test_tune_picks_from_the_grid(tmp_path, recsys_split):
     recsys_split(tmp_path, with_store=False)
     out = jt.run(cfg(tmp_path, model="FM", tune=True, tune_epochs=2, epochs=2, lr_grid=[0.001, 0.1],
-                     reg_grid=[1e-4]))
-    tuning = load(tmp_path / "models" / "FM").meta["training"]["tuning"]
+                     reg_grid=[1e-4], replicas=2))
+    fm = load(tmp_path / "models" / "FM")
+    tuning = fm.meta["training"]["tuning"]
+    # the search's best point is the first replica; the second trains at the chosen lr and reg
+    assert [r["seed"] for r in fm.meta["training"]["replicas"]] == [0, 1] and fm.dim == 2 * 16
+    assert fm.meta["training"]["lr"] == tuning["best"]["lr"] and (tmp_path / "checkpoints" / "FM" / "replica-1").is_dir()
     ok = [p for p in tuning["points"] if p["val_f1@5"] == p["val_f1@5"]]
     assert len(tuning["points"]) >= 2
     assert out["models"]["FM"]["lr"] == max(ok, key=lambda r: r["val_f1@5"])["lr"] == tuning["best"]["lr"]
@@ -359,3 +364,59 @@ def test_bad_stopping_flags_are_user_errors(tmp_path, recsys_split):
     for kw in ({"patience": -1}, {"sgd_threads": 0}, {"tune_epochs": -2}, {"sgd_negatives": 0}):
         with pytest.raises(JobError, match="--patience .* --patience-frac .* --tune-epochs .* --sgd-threads"):
             jt.run(cfg(tmp_path, model="PITF", **kw))
+
+
+# --------------------------------------------------------------------------- replicas
+
+
+def test_replicas_default_to_three_where_the_per_sample_kernel_trains():
+    bpr = jt.BPRConfig(kernel="auto")
+    c = jt.TrainConfig(replicas=0)
+    assert [jt.replicas(n, c, bpr, "cpu") for n in ("PITF", "FM", "PITF-IC", "FM+SN", "social-multilabel")] \
+        == [jt.AUTO_REPLICAS, jt.AUTO_REPLICAS, 1, 1, 1] and jt.AUTO_REPLICAS == 3
+    assert jt.replicas("PITF", c, bpr, "cuda") == 1 and jt.replicas("PITF", jt.TrainConfig(num_workers=2), bpr, "cpu") == 1
+    assert jt.replicas("PITF", c, jt.BPRConfig(kernel="torch"), "cpu") == 1
+    two = jt.TrainConfig(replicas=2)  # asked for: every factorization model; the multi-label nets train once
+    assert [jt.replicas(n, two, bpr, "cpu") for n in ("PITF-IC-OD+SN", "visual-multilabel")] == [2, 1]
+
+
+def test_replicas_average_into_one_model_and_resume_one_by_one(tmp_path, recsys_split, caplog):
+    recsys_split(tmp_path, with_store=False)
+    kw = dict(model="PITF", epochs=40, patience=3, lr=0.1, replicas=0)  # the default: 3 on CPU
+    jt.run(cfg(tmp_path, **{**kw, "replicas": 2}))   # "killed" before the third replica
+    with caplog.at_level(logging.INFO, logger="jobs"):
+        out = jt.run(cfg(tmp_path, **kw))["models"]["PITF"]   # resumes: two replicas restored, the third trained
+    m = load(tmp_path / "models" / "PITF")
+    said = f"the mean of 3 replicas (seeds 0..2): validation F1@5 {out['val_f1@5']:.4f} (each: "
+    assert said in caplog.text
+    recs = m.meta["training"]["replicas"]
+    assert out["replicas"] == 3 and m.dim == 3 * 16 and [r["seed"] for r in recs] == [0, 1, 2]
+    assert recs[0]["epochs_run"] == len(m.meta["metrics"]["history"]) == out["epochs"]  # the first replica's
+    assert all(r["best_epoch"] < r["epochs_run"] for r in recs)  # each stopped by its own early stopping
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "PITF").glob("replica-*")) == ["replica-1", "replica-2"]
+    # The same as an uninterrupted run, and its scores the mean of three single runs seeded 0, 1, 2.
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    (fresh / "split").symlink_to(tmp_path / "split")
+    jt.run(cfg(fresh, **kw))
+    for k, v in load(fresh / "models" / "PITF").state_dict().items():
+        torch.testing.assert_close(m.state_dict()[k], v, rtol=0, atol=0)
+    from jobs._train_data import load_split
+
+    batch = load_split(tmp_path / "split").val.batch()
+    singles = []
+    for seed in range(3):
+        one = tmp_path / f"seed{seed}"
+        one.mkdir()
+        (one / "split").symlink_to(tmp_path / "split")
+        jt.run(cfg(one, **{**kw, "replicas": 1, "seed": seed}))
+        r = load(one / "models" / "PITF")
+        singles.append(r.post_vectors(batch) @ r.tag_matrix().T)
+        assert r.meta["training"]["replicas"] == [recs[seed]]
+    np.testing.assert_allclose(m.post_vectors(batch) @ m.tag_matrix().T, np.mean(singles, 0), rtol=1e-5, atol=1e-6)
+
+
+def test_negative_replicas_is_a_user_error(tmp_path, recsys_split):
+    recsys_split(tmp_path, with_store=False)
+    with pytest.raises(JobError, match=r"--replicas \(-1\) must be >= 0"):
+        jt.run(cfg(tmp_path, model="PITF", replicas=-1))

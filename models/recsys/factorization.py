@@ -38,6 +38,7 @@ Unseen users/items (index -1) contribute a zero row.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -295,6 +296,36 @@ class FactorizationModel:
                 raise ModelError(f"{self.name}: tensor 'centre_{f}' has shape {tuple(c.shape)}, "
                                  f"expected ({self._feature_dim(f)},)")
             self.centres[f] = (torch.zeros(self._feature_dim(f)) if c is None else c.float().clone()).to(self.device)
+
+
+def average(models: list[FactorizationModel]) -> FactorizationModel:
+    """One model whose every score is the mean of `models`' scores (replicas of one model
+    trained from different seeds), of dimension n·k.
+
+    Every score is a sum of inner products <post side, tag row> plus w_t, so the mean of n
+    models is one model of the same form: each (·, k) parameter of the replicas side by side,
+    scaled by 1/√n (a product of two such halves carries 1/n), and the biases averaged. The
+    scoring, calibration and store paths serve it unchanged. ModelError when the models
+    differ in anything but their weights (name, sizes, feature centres).
+    """
+    if not models:
+        raise ModelError("average: no models")
+    first, n = models[0], len(models)
+    for m in models[1:]:
+        if (m.name, m.hyperparameters | {"seed": 0}) != (first.name, first.hyperparameters | {"seed": 0}):
+            raise ModelError(f"average: {m.name} {m.hyperparameters} differs from {first.name} "
+                             f"{first.hyperparameters} beyond the seed")
+        for f, c in first.centres.items():
+            if not torch.equal(m.centres[f].cpu(), c.cpu()):
+                raise ModelError(f"average: the replicas' {f} feature centres differ (not fitted on one split)")
+    out = FactorizationModel(first.name, first.n_users, first.n_items, first.n_tags, dim=n * first.dim,
+                             sn_dim=first.sn_dim, init_std=first.init_std, seed=first.seed)
+    scale = 1.0 / math.sqrt(n)
+    for k in out.params:
+        parts = [m.params[k].detach().cpu().float() for m in models]
+        out.params[k] = (torch.stack(parts).mean(0) if k == "bias" else torch.cat(parts, 1) * scale).contiguous()
+    out.centres = {f: c.detach().cpu().clone() for f, c in first.centres.items()}
+    return out.to(first.device)
 
 
 def score_reference(model: FactorizationModel, inp: dict[str, torch.Tensor], n: int, t: int,

@@ -4,7 +4,8 @@
 
 On a generated folksonomy (`jobs._synth_folksonomy`, 10-core, one validation and one test
 post per user) PITF and FM are trained with the per-sample SGD trainer at the pipeline's
-defaults (early stopping on validation F1@5), and user-item-popular is fitted (its mix
+defaults (early stopping on validation F1@5), one run each (the pipeline averages 3 replicas:
+`jobs.train --replicas`), and user-item-popular is fitted (its mix
 weight chosen on validation). For each, every calibrator of `models.calibration` (isotonic
 or Platt, one map or one per rank; isotonic per rank also at the one-map lower bound z = 1)
 is fitted on the validation posts' top-10 (score, hit) pairs and applied to the test posts.

@@ -25,7 +25,8 @@ to at least `--ml-min-steps` SGD steps; they keep the paper's settings under `--
 A factorization model may train as `--replicas` N runs from seeds --seed .. --seed+N-1, each
 with its own early stopping and checkpoints (`checkpoints/<MODEL>/replica-<r>` for r > 0),
 saved as their mean: one model of dimension N × --dim (`models.recsys.factorization.average`).
-By default 3 where the per-sample kernel trains (PITF and FM on CPU), once elsewhere.
+By default 3 where the per-sample kernel trains (PITF and FM on CPU) and the mean stays
+under `AUTO_REPLICAS_BYTES`, once elsewhere.
 """
 
 from __future__ import annotations
@@ -97,7 +98,8 @@ class TrainConfig(ArchiveArgs, RayArgs):
                            "replicas × --dim: averaging damps the seed-to-seed noise of SGD (+0.01 F1@5 at 3 "
                            "on the folksonomy benchmark) for replicas × the training time. 0: 3 where the "
                            "per-sample SGD kernel trains (PITF and FM on CPU in one process, where training "
-                           "is cheapest), 1 elsewhere; the multi-label nets always train once")
+                           "is cheapest) and the mean's factor tables stay under 1 GiB, 1 elsewhere; the "
+                           "multi-label nets always train once")
     tune: bool = arg(False, "choose lr and reg from --lr-grid × --reg-grid by validation F1@5, each point "
                             "trained with early stopping; a best point on the grid's edge widens the grid "
                             "(logged, and in model.json)")
@@ -135,11 +137,16 @@ def bpr_config(cfg: TrainConfig) -> BPRConfig:
 
 
 AUTO_REPLICAS = 3  # --replicas 0 on the per-sample kernel: benchmarks/results/train.md (replicas)
+# --replicas 0 averages only while the mean's factor tables (rows × AUTO_REPLICAS × dim float32)
+# stay under this: averaging pays most on small archives, where validation and seeds are
+# noisy, and the mean is AUTO_REPLICAS × wider to hold and to score.
+AUTO_REPLICAS_BYTES = 1 << 30
 
 
-def replicas(name: str, cfg: TrainConfig, bpr: BPRConfig, device: str) -> int:
-    """How many replicas of `name` train (--replicas; 0: `AUTO_REPLICAS` where the per-sample SGD
-    kernel trains it, else 1); the multi-label nets train once."""
+def replicas(name: str, cfg: TrainConfig, bpr: BPRConfig, device: str, rows: int = 0) -> int:
+    """How many replicas of `name` train: --replicas; 0: `AUTO_REPLICAS` where the per-sample SGD
+    kernel trains it and the mean of its `rows` factor rows (users + items + tag tables) fits
+    `AUTO_REPLICAS_BYTES`, else 1. The multi-label nets train once."""
     if model_entry(name).config is not BPRConfig:
         return 1
     if cfg.replicas:
@@ -147,7 +154,14 @@ def replicas(name: str, cfg: TrainConfig, bpr: BPRConfig, device: str) -> int:
     spec = parse_name(name)  # what `models.recsys.bpr.use_sgd` decides, from the name
     per_sample = bpr.kernel == "sgd" or (bpr.kernel == "auto" and device == "cpu" and cfg.num_workers <= 1
                                          and not spec.content and not spec.social)
-    return AUTO_REPLICAS if per_sample else 1
+    if not per_sample:
+        return 1
+    if rows * AUTO_REPLICAS * cfg.dim * 4 > AUTO_REPLICAS_BYTES:
+        log.info("train %s: one run, not the mean of %d replicas: %d factor rows × %d × dim %d would hold "
+                 "%.1f GiB (--replicas N to ask for it)", name, AUTO_REPLICAS, rows, AUTO_REPLICAS, cfg.dim,
+                 rows * AUTO_REPLICAS * cfg.dim * 4 / 2**30)
+        return 1
+    return AUTO_REPLICAS
 
 
 def ml_config(cfg: TrainConfig, n_posts: int, epochs: int) -> MultiLabelConfig:
@@ -340,7 +354,7 @@ def train_one(name: str, data: SplitData, cfg: TrainConfig, cache: dict) -> dict
         bpr, grid, model, history, es = tune(name, data, cfg, bpr, sn_dim, device)
     opts, extra = SETTINGS[entry.config](cfg, data, bpr)
     runs = [(model, history, es)] if grid else []  # (model, history, stopper) per replica
-    n_replicas = replicas(name, cfg, bpr, device)
+    n_replicas = replicas(name, cfg, bpr, device, len(data.user_ids) + len(data.item_ids) + 2 * len(data.tags))
     for r in range(len(runs), n_replicas):
         runs.append(_fit_replica(name, data, cfg, bpr, sn_dim, device, r, nodes))
     model, history, es = runs[0]

@@ -378,6 +378,10 @@ def test_replicas_default_to_three_where_the_per_sample_kernel_trains():
     assert jt.replicas("PITF", c, jt.BPRConfig(kernel="torch"), "cpu") == 1
     two = jt.TrainConfig(replicas=2)  # asked for: every factorization model; the multi-label nets train once
     assert [jt.replicas(n, two, bpr, "cpu") for n in ("PITF-IC-OD+SN", "visual-multilabel")] == [2, 1]
+    # by default the mean's factor tables stay under AUTO_REPLICAS_BYTES; asked for, any size
+    fits = jt.AUTO_REPLICAS_BYTES // (jt.AUTO_REPLICAS * c.dim * 4)
+    assert [jt.replicas("PITF", c, bpr, "cpu", rows) for rows in (fits, fits + 1)] == [jt.AUTO_REPLICAS, 1]
+    assert jt.replicas("PITF", two, bpr, "cpu", 10 * fits) == 2
 
 
 def test_replicas_average_into_one_model_and_resume_one_by_one(tmp_path, recsys_split, caplog):

@@ -38,6 +38,7 @@ Unseen users/items (index -1) contribute a zero row.
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -318,10 +319,10 @@ def average(models: list[FactorizationModel]) -> FactorizationModel:
         for f, c in first.centres.items():
             if not torch.equal(m.centres[f].cpu(), c.cpu()):
                 raise ModelError(f"average: the replicas' {f} feature centres differ (not fitted on one split)")
-    out = FactorizationModel(first.name, first.n_users, first.n_items, first.n_tags, dim=n * first.dim,
-                             sn_dim=first.sn_dim, init_std=first.init_std, seed=first.seed)
-    scale = 1.0 / math.sqrt(n)
-    for k in out.params:
+    out = copy.copy(first)  # its structure; no fresh random tables of the wider size
+    out.dim, scale = n * first.dim, 1.0 / math.sqrt(n)
+    out.params = {}
+    for k in first.params:
         parts = [m.params[k].detach().cpu().float() for m in models]
         out.params[k] = (torch.stack(parts).mean(0) if k == "bias" else torch.cat(parts, 1) * scale).contiguous()
     out.centres = {f: c.detach().cpu().clone() for f, c in first.centres.items()}

@@ -112,7 +112,7 @@ def measure(label: str, tmp: Path, splits: tuple, models: list[str], n: int) -> 
         print(f"{label} {name}: one run {r['single']:.4f} ± {r['spread']:.4f}, "
               + ", ".join(f"mean of {k} {v:.4f}" for k, v in means.items())
               + f", one run at dim ×{AVERAGED} {r['wide']:.4f}, user-item-popular {mix:.4f} "
-              f"({r['seconds']:.0f} s per run)", flush=True)
+              f"({r['seconds']:.1f} s per run)", flush=True)
     return rows
 
 
@@ -143,7 +143,7 @@ def main() -> None:
     for r in rows:
         print(f"| {r['split']} | {r['model']} | {r['test_posts']} | {r['single']:.4f} ± {r['spread']:.4f} | "
               + " | ".join(f"{r['means'][k]:.4f}" for k in ks)
-              + f" | {r['wide']:.4f} | {r['mix']:.4f} | {r['seconds']:.0f} |")
+              + f" | {r['wide']:.4f} | {r['mix']:.4f} | {r['seconds']:.1f} |")
     for group in ("folksonomy", "photos"):
         for name in models:
             sel = [r for r in rows if r["split"].startswith(group) and r["model"] == name]

@@ -50,7 +50,7 @@ from jobs.features import MissingViewError
 from models.errors import ModelError, NumericalError
 from models.recsys import ModelEntry, get_model, list_models, model_entry
 from models.recsys import io as recsys_io
-from models.recsys.bpr import KERNELS, LR_GRID, REG_GRID, BPRConfig
+from models.recsys.bpr import KERNELS, LR_GRID, REG_GRID, BPRConfig, sgd_for
 from models.recsys.bpr_step import MAX_ROW_SAMPLES
 from models.recsys.checkpoints import Checkpoints
 from models.recsys.early_stopping import EarlyStopping
@@ -151,10 +151,7 @@ def replicas(name: str, cfg: TrainConfig, bpr: BPRConfig, device: str, rows: int
         return 1
     if cfg.replicas:
         return cfg.replicas
-    spec = parse_name(name)  # what `models.recsys.bpr.use_sgd` decides, from the name
-    per_sample = bpr.kernel == "sgd" or (bpr.kernel == "auto" and device == "cpu" and cfg.num_workers <= 1
-                                         and not spec.content and not spec.social)
-    if not per_sample:
+    if not sgd_for(parse_name(name), device, bpr, max(1, cfg.num_workers)):
         return 1
     if rows * AUTO_REPLICAS * cfg.dim * 4 > AUTO_REPLICAS_BYTES:
         log.info("train %s: one run, not the mean of %d replicas: %d factor rows × %d × dim %d would hold "

@@ -62,19 +62,25 @@ KERNELS = ("auto", "sgd", "torch")
 
 
 def use_sgd(model: Any, cfg: BPRConfig, world: int) -> bool:
-    """Whether `BPRTrainer.for_partition` hands `model` to the per-sample SGD trainer.
+    """Whether `BPRTrainer.for_partition` hands `model` to the per-sample SGD trainer (`sgd_for`)."""
+    return sgd_for(getattr(model, "spec", None), str(model.device), cfg, world)
+
+
+def sgd_for(spec: Any, device: str, cfg: BPRConfig, world: int) -> bool:
+    """Whether a model of `spec` (`factorization.Spec`; None: not a factorization model) on
+    `device`, trained over `world` partitions, runs on the per-sample SGD trainer.
 
     "auto": for PITF and FM without content or +SN, on CPU, in one process (the per-sample
     kernel trains at Algorithm 1's rate and has nothing to synchronise across workers); the
     batched torch step for the content and social models, on GPUs and over several workers.
     """
-    from models.recsys.sgd import supports
+    from models.recsys.sgd import supports_spec
 
     if cfg.kernel not in KERNELS:
         raise ModelError(f"unknown BPR kernel {cfg.kernel!r}; valid: {list(KERNELS)}")
     if cfg.kernel == "sgd":
         return True
-    return cfg.kernel == "auto" and supports(model) and str(model.device) == "cpu" and world == 1
+    return cfg.kernel == "auto" and supports_spec(spec) and device == "cpu" and world == 1
 
 
 # --------------------------------------------------------------------------- sampling

@@ -359,7 +359,11 @@ def hardest_negatives(family: str, params: dict[str, np.ndarray], user_of_post: 
 
 def supports(model: Any) -> bool:
     """Whether `model` is a factorization model this trainer runs: PITF or FM, no content or +SN."""
-    spec = getattr(model, "spec", None)
+    return supports_spec(getattr(model, "spec", None))
+
+
+def supports_spec(spec: Any) -> bool:
+    """`supports` for a model's `factorization.Spec` (None: not a factorization model)."""
     return bool(spec is not None and spec.family in FAMILIES and not spec.content and not spec.social)
 
 

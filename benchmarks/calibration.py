@@ -30,7 +30,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train import folksonomy_split  # noqa: E402
+from benchmarks.train import folksonomy_split, user_item_popular  # noqa: E402
 from models.calibration import TARGETS, Calibrator, calibration_error, precision_coverage  # noqa: E402
 from models.metrics import hits_matrix  # noqa: E402
 
@@ -77,17 +77,12 @@ def train_sgd(name: str, train, val, seed: int):
 
 def lists(train, val, test, seed: int, models: tuple[str, ...] = ("PITF", "FM")) -> dict[str, tuple]:
     """name -> (val scores, val hits, test scores, test hits) of `models` and user-item-popular."""
-    from models.baselines import PopularityMix, tune_alpha
-
     out = {}
     for name in models:
         m = train_sgd(name, train, val, seed)
         (tv, sv), (tt, st) = scored(m, val), scored(m, test)
         out[name] = (sv, hits_matrix(tv, val.indptr, val.indices), st, hits_matrix(tt, test.indptr, test.indices))
-    post = np.repeat(np.arange(len(train)), np.diff(train.indptr))
-    mix = PopularityMix(train.n_tags, int(train.user_index.max()) + 1, int(train.item_index.max()) + 1)
-    mix.fit(train.user_index[post], train.indices, train.item_index[post], post_index=post)
-    tune_alpha(mix, val.user_index, val.item_index, val.indptr, val.indices)
+    mix = user_item_popular(train, val)
     (tv, sv), (tt, st) = (mix.scores_topk(d.user_index, K, d.item_index) for d in (val, test))
     out["user-item-popular"] = (sv, hits_matrix(tv, val.indptr, val.indices), st,
                                 hits_matrix(tt, test.indptr, test.indices))

@@ -33,7 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.train import folksonomy_split  # noqa: E402
+from benchmarks.train import folksonomy_split, user_item_popular  # noqa: E402
 from models.metrics import metrics_at_k  # noqa: E402
 
 AVERAGED = 3  # the replicas `jobs.train` trains by default on the per-sample kernel
@@ -63,12 +63,7 @@ def photo_split(tmp: Path, seed: int):
 
 def mix_f1(train, val, test, sizes: dict) -> float:
     """user-item-popular on test, its weight chosen on validation (what jobs.evaluate reports)."""
-    from models.baselines import PopularityMix, tune_alpha
-
-    post = np.repeat(np.arange(len(train)), np.diff(train.indptr))
-    mix = PopularityMix(sizes["tags"], sizes["users"], sizes["items"])
-    mix.fit(train.user_index[post], train.indices, train.item_index[post], post_index=post)
-    tune_alpha(mix, val.user_index, val.item_index, val.indptr, val.indices)
+    mix = user_item_popular(train, val, sizes["users"], sizes["items"])
     top = mix.recommend(test.user_index, 5, test.item_index)
     return metrics_at_k(top, test.indptr, test.indices, ks=(5,))["f1@5"]
 

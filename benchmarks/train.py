@@ -132,6 +132,20 @@ def folksonomy_split(tmp: Path, quick: bool, seed: int = 0) -> tuple[PostData, P
     return d.train, d.val, test, sizes
 
 
+def user_item_popular(train: PostData, val: PostData, n_users: int = 0, n_items: int = 0):
+    """user-item-popular fitted on the training posts, its weight chosen on `val` (what
+    jobs.evaluate reports); its tables sized n_users / n_items (0: the training posts' largest
+    index + 1)."""
+    from models.baselines import PopularityMix, tune_alpha
+
+    post = np.repeat(np.arange(len(train)), np.diff(train.indptr))
+    mix = PopularityMix(train.n_tags, n_users or int(train.user_index.max()) + 1,
+                        n_items or int(train.item_index.max()) + 1)
+    mix.fit(train.user_index[post], train.indices, train.item_index[post], post_index=post)
+    tune_alpha(mix, val.user_index, val.item_index, val.indptr, val.indices)
+    return mix
+
+
 def sgd_section(quick: bool) -> tuple[list[tuple[str, float]], dict[str, float]]:
     """Rows (what, samples/s) and test F1@5 of the reference loop and the numba trainer."""
     import tempfile
